@@ -1,0 +1,45 @@
+"""Settings, read from ``ZHANGFANG_*`` environment variables (and ``.env`` if present)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ZHANGFANG_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./var/zhangfang.db",
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host:port/db",
+    )
+    admin_api_key: str | None = Field(
+        default=None,
+        description="Bearer key for the admin API (/v1/ledger/...). The server refuses to start without one.",
+    )
+    timezone: str = Field(default="Asia/Shanghai", description="Zone of business dates (accounting dates).")
+    sqlite_synchronous: str = Field(
+        default="FULL", description="PRAGMA synchronous for SQLite; FULL survives power loss with WAL."
+    )
+    run_jobs_in_server: bool = Field(
+        default=True, description="Run the periodic ledger jobs (seal, fold, expire) inside the API process."
+    )
+    job_interval_seconds: float = Field(default=1.0, description="Pause between rounds of periodic jobs.")
+    transaction_age_max_seconds: int = Field(
+        default=60,
+        description="Longest a ledger write transaction may stay open; day-end waits this long at most.",
+    )
+
+    def sqlite_path(self) -> Path | None:
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix) :])
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,6 @@
+"""Every domain's tables, imported so the shared ``metadata`` knows them all (for Alembic and tests)."""
+
+from zhangfang.db.metadata import metadata
+from zhangfang.ledger import tables as ledger_tables  # noqa: F401
+
+__all__ = ["metadata"]

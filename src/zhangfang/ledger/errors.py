@@ -1,0 +1,174 @@
+"""The ledger's error catalogue, in order of precedence.
+
+When a request breaks several rules, the first one in this list is reported
+(stateless checks before stateful ones, so the same bad request always gets the
+same code whatever the database holds):
+
+ 1. ``idempotency_key_invalid``       key empty, too long or not printable ASCII
+ 2. ``business_code_invalid``         business code empty or too long
+ 3. ``postings_too_few``              an entry needs at least two postings
+ 4. ``amount_must_be_integer``        amounts are integers of the minor unit
+ 5. ``amount_must_be_positive``       zero and negative amounts are refused
+ 6. ``currency_unknown``              not an ISO 4217 code (from ``money``)
+ 7. ``side_invalid``                  side is ``debit`` or ``credit``
+ 8. ``entry_must_balance``            per currency, debits must equal credits
+ 9. ``idempotency_key_conflict``      the key was used for a different request
+10. ``account_not_found``             a posting names an unknown account
+11. ``account_currency_mismatch``     posting currency differs from the account's
+12. ``account_closed``                the account is closed
+13. ``debits_exceed_credits``         would break ``debits_must_not_exceed_credits``
+14. ``credits_exceed_debits``         would break ``credits_must_not_exceed_debits``
+
+Holds, reversals, accounts and day-end add their own, each named after its rule.
+"""
+
+from __future__ import annotations
+
+from zhangfang.errors import Conflict, InvalidInput, NotFound, Rejected
+
+
+class IdempotencyKeyInvalid(InvalidInput):
+    code = "idempotency_key_invalid"
+
+
+class BusinessCodeInvalid(InvalidInput):
+    code = "business_code_invalid"
+
+
+class PostingsTooFew(InvalidInput):
+    code = "postings_too_few"
+
+
+class AmountMustBeInteger(InvalidInput):
+    code = "amount_must_be_integer"
+
+
+class AmountMustBePositive(InvalidInput):
+    code = "amount_must_be_positive"
+
+
+class SideInvalid(InvalidInput):
+    code = "side_invalid"
+
+
+class EntryMustBalance(InvalidInput):
+    code = "entry_must_balance"
+
+
+class IdempotencyKeyConflict(Conflict):
+    code = "idempotency_key_conflict"
+
+
+class AccountNotFound(NotFound):
+    code = "account_not_found"
+
+
+class AccountCurrencyMismatch(Rejected):
+    code = "account_currency_mismatch"
+
+
+class AccountClosed(Rejected):
+    code = "account_closed"
+
+
+class DebitsExceedCredits(Rejected):
+    code = "debits_exceed_credits"
+
+
+class CreditsExceedDebits(Rejected):
+    code = "credits_exceed_debits"
+
+
+# Accounts
+class AccountFlagsInvalid(InvalidInput):
+    """Both balance constraints at once, or ``hot`` with a balance constraint."""
+
+    code = "account_flags_invalid"
+
+
+class LedgerCodeInvalid(InvalidInput):
+    code = "ledger_code_invalid"
+
+
+class NormalSideInvalid(InvalidInput):
+    code = "normal_side_invalid"
+
+
+class AccountBalanceNotZero(Rejected):
+    """Only an account with nothing posted or pending on it net can be closed."""
+
+    code = "account_balance_not_zero"
+
+
+# Entries and reversals
+class EntryNotFound(NotFound):
+    code = "entry_not_found"
+
+
+class EntryNotReversible(Rejected):
+    """Only plain entries are reversed; holds are voided, reversals are not reversed again."""
+
+    code = "entry_not_reversible"
+
+
+# Holds
+class HoldNotFound(NotFound):
+    code = "hold_not_found"
+
+
+class HoldAccountsMustDiffer(InvalidInput):
+    code = "hold_accounts_must_differ"
+
+
+class HoldExpiryInPast(InvalidInput):
+    code = "hold_expiry_in_past"
+
+
+class HoldAlreadyResolved(Conflict):
+    """The hold was already posted, voided or expired."""
+
+    code = "hold_already_resolved"
+
+
+class HoldExpired(Rejected):
+    code = "hold_expired"
+
+
+class HoldPostAmountExceedsHold(Rejected):
+    code = "hold_post_amount_exceeds_hold"
+
+
+# Day-end
+class DayEndOutOfOrder(Rejected):
+    """Accounting dates close one after another: only the open date can be closed."""
+
+    code = "day_end_out_of_order"
+
+
+class DayEndBlocked(Rejected):
+    """A transaction that may still write to the closing date did not finish in time."""
+
+    code = "day_end_blocked"
+
+
+# Queries
+class CursorInvalid(InvalidInput):
+    code = "cursor_invalid"
+
+
+class LimitInvalid(InvalidInput):
+    code = "limit_invalid"
+
+
+class MetadataInvalid(InvalidInput):
+    """Metadata is a JSON object of at most 4 KiB."""
+
+    code = "metadata_invalid"
+
+
+class EntryAlreadyReversed(Conflict):
+    code = "entry_already_reversed"
+
+
+class AccountRefInvalid(InvalidInput):
+    code = "account_ref_invalid"
