@@ -76,4 +76,3 @@ class Rejected(ZhangfangError):
 class Unauthorized(ZhangfangError):
     kind = "unauthorized"
     code = "unauthorized"
-

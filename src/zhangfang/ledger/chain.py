@@ -62,7 +62,9 @@ def link(previous_seal: str, seal_seq: int, digest: str) -> str:
 
 def _postings_by_entry(conn: Connection, entry_ids: Sequence[int]) -> dict[int, list[Any]]:
     rows = conn.execute(
-        sa.select(postings).where(postings.c.entry_id.in_(entry_ids)).order_by(postings.c.entry_id, postings.c.seq)
+        sa.select(postings)
+        .where(postings.c.entry_id.in_(entry_ids))
+        .order_by(postings.c.entry_id, postings.c.seq)
     ).all()
     grouped: dict[int, list[Any]] = defaultdict(list)
     for row in rows:
@@ -74,9 +76,7 @@ def seal_entries(conn: Connection, *, limit: int = 5000) -> int:
     """Seal up to ``limit`` committed, unsealed entries onto the chain; returns how many."""
     head = conn.execute(sa.select(chain_head).where(chain_head.c.id == 1).with_for_update()).one()
     e = journal_entries
-    entries = conn.execute(
-        sa.select(e).where(e.c.seal_seq.is_(None)).order_by(e.c.id).limit(limit)
-    ).all()
+    entries = conn.execute(sa.select(e).where(e.c.seal_seq.is_(None)).order_by(e.c.id).limit(limit)).all()
     if not entries:
         return 0
     by_entry = _postings_by_entry(conn, [row.id for row in entries])
@@ -110,7 +110,9 @@ def chain_status(conn: Connection, *, now: dt.datetime | None = None) -> ChainSt
         oldest_ref = oldest.ref
         created = oldest.created_at if oldest.created_at.tzinfo else oldest.created_at.replace(tzinfo=dt.UTC)
         lag = max(0.0, (now - created).total_seconds())
-    return ChainStatus(sealed_seq=head, unsealed_count=waiting[0], lag_seconds=lag, oldest_unsealed=oldest_ref)
+    return ChainStatus(
+        sealed_seq=head, unsealed_count=waiting[0], lag_seconds=lag, oldest_unsealed=oldest_ref
+    )
 
 
 def verify_chain(conn: Connection, *, batch: int = 5000) -> VerifyReport:
@@ -128,22 +130,40 @@ def verify_chain(conn: Connection, *, batch: int = 5000) -> VerifyReport:
         for row in rows:
             if row.seal_seq != expected_seq:
                 return VerifyReport(
-                    ok=False, checked=checked, unsealed=unsealed, first_bad_entry=row.ref,
-                    first_bad_seq=expected_seq, reason="entry_missing",
-                    details={"message": f"no entry at chain position {expected_seq}; the next one is {row.ref}"},
+                    ok=False,
+                    checked=checked,
+                    unsealed=unsealed,
+                    first_bad_entry=row.ref,
+                    first_bad_seq=expected_seq,
+                    reason="entry_missing",
+                    details={
+                        "message": f"no entry at chain position {expected_seq}; the next one is {row.ref}"
+                    },
                 )
             recomputed = link(previous_seal, row.seal_seq, content_hash(row, by_entry[row.id]))
             if recomputed != row.seal:
                 return VerifyReport(
-                    ok=False, checked=checked, unsealed=unsealed, first_bad_entry=row.ref,
-                    first_bad_seq=row.seal_seq, reason="content_changed",
-                    details={"message": f"entry {row.ref} (chain position {row.seal_seq}) does not match its seal"},
+                    ok=False,
+                    checked=checked,
+                    unsealed=unsealed,
+                    first_bad_entry=row.ref,
+                    first_bad_seq=row.seal_seq,
+                    reason="content_changed",
+                    details={
+                        "message": f"entry {row.ref} (chain position {row.seal_seq}) does not match its seal"
+                    },
                 )
             previous_seal, expected_seq, checked = row.seal, expected_seq + 1, checked + 1
     head = conn.execute(sa.select(chain_head).where(chain_head.c.id == 1)).one()
     if head.seal_seq != expected_seq - 1 or head.seal != previous_seal:
         return VerifyReport(
-            ok=False, checked=checked, unsealed=unsealed, first_bad_seq=expected_seq, reason="chain_truncated",
-            details={"message": f"the chain head says {head.seal_seq} entries, the journal has {expected_seq - 1}"},
+            ok=False,
+            checked=checked,
+            unsealed=unsealed,
+            first_bad_seq=expected_seq,
+            reason="chain_truncated",
+            details={
+                "message": f"the chain head says {head.seal_seq} entries, the journal has {expected_seq - 1}"
+            },
         )
     return VerifyReport(ok=True, checked=checked, unsealed=unsealed)

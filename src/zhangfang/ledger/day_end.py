@@ -74,7 +74,9 @@ def get_day_close(conn: Connection, *, accounting_date: dt.date) -> DayClose | N
 
 def list_day_closes(conn: Connection, *, limit: int = 31) -> list[DayClose]:
     """The most recent closes, newest first."""
-    rows = conn.execute(sa.select(day_closes).order_by(day_closes.c.accounting_date.desc()).limit(limit)).all()
+    rows = conn.execute(
+        sa.select(day_closes).order_by(day_closes.c.accounting_date.desc()).limit(limit)
+    ).all()
     return [_close_from_row(row) for row in rows]
 
 
@@ -111,9 +113,13 @@ def _switch(conn: Connection, accounting_date: dt.date, now: dt.datetime | None)
         )
     switched_at = now or _database_now(conn)
     conn.execute(
-        ledger_clock.update().where(ledger_clock.c.id == 1).values(open_date=accounting_date + dt.timedelta(days=1))
+        ledger_clock.update()
+        .where(ledger_clock.c.id == 1)
+        .values(open_date=accounting_date + dt.timedelta(days=1))
     )
-    conn.execute(day_closes.insert().values(accounting_date=accounting_date, state="switched", switched_at=switched_at))
+    conn.execute(
+        day_closes.insert().values(accounting_date=accounting_date, state="switched", switched_at=switched_at)
+    )
     return get_day_close(conn, accounting_date=accounting_date)  # type: ignore[return-value]
 
 
@@ -171,8 +177,10 @@ def _snapshot(conn: Connection, accounting_date: dt.date, now: dt.datetime | Non
             *(
                 sa.func.sum(
                     sa.case(
-                        *((sa.and_(p.c.side == side, p.c.effect == effect), p.c.amount * sign)
-                          for effect, sign in effects.items()),
+                        *(
+                            (sa.and_(p.c.side == side, p.c.effect == effect), p.c.amount * sign)
+                            for effect, sign in effects.items()
+                        ),
                         else_=0,
                     )
                 ).label(name)
@@ -194,13 +202,12 @@ def _snapshot(conn: Connection, accounting_date: dt.date, now: dt.datetime | Non
             for name in _DAY_SUMS
         ),
     ).select_from(
-        accounts.outerjoin(prev, sa.and_(prev.c.account_id == a.id, prev.c.accounting_date == previous))
-        .outerjoin(day, day.c.account_id == a.id)
+        accounts.outerjoin(
+            prev, sa.and_(prev.c.account_id == a.id, prev.c.accounting_date == previous)
+        ).outerjoin(day, day.c.account_id == a.id)
     )
     conn.execute(
-        account_day_balances.insert().from_select(
-            ["account_id", "accounting_date", *_DAY_SUMS], source
-        )
+        account_day_balances.insert().from_select(["account_id", "accounting_date", *_DAY_SUMS], source)
     )
     _assert_snapshot_balanced(conn, accounting_date)
     counts = conn.execute(
@@ -242,7 +249,13 @@ def _assert_snapshot_balanced(conn: Connection, accounting_date: dt.date) -> Non
 
 
 def day_balances(
-    conn: Connection, *, account_id: int, currency: str, normal_side: str, date_from: dt.date, date_to: dt.date
+    conn: Connection,
+    *,
+    account_id: int,
+    currency: str,
+    normal_side: str,
+    date_from: dt.date,
+    date_to: dt.date,
 ) -> list[tuple[dt.date, Balance]]:
     """Closing balances of an account for each closed date in the range (from day-end snapshots)."""
     b = account_day_balances

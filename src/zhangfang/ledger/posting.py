@@ -180,7 +180,9 @@ def post_planned(
             refuse(index, _key_conflict(item.idempotency_key))
 
     existing = _existing_entries(conn, [p.idempotency_key for _, p in candidates])
-    account_refs = sorted({leg.account for _, p in candidates for leg in p.legs if p.idempotency_key not in existing})
+    account_refs = sorted(
+        {leg.account for _, p in candidates for leg in p.legs if p.idempotency_key not in existing}
+    )
     states = _lock_accounts(conn, account_refs)
 
     deltas: dict[int, _Delta] = defaultdict(_Delta)
@@ -412,9 +414,7 @@ def _write(
             "d_credits_pending": delta.credits_pending,
         }
         if account_id in hot_ids:
-            hot_rows.append(
-                {"account_id": account_id, **{k.removeprefix("d_"): v for k, v in row.items()}}
-            )
+            hot_rows.append({"account_id": account_id, **{k.removeprefix("d_"): v for k, v in row.items()}})
         else:
             balance_updates.append({"account_id_": account_id, **row})
     if balance_updates:
@@ -508,7 +508,9 @@ def load_entries(conn: Connection, entry_ids: Sequence[int]) -> dict[int, Entry]
     ).all()
     by_entry: dict[int, list[Posting]] = defaultdict(list)
     for row in posting_rows:
-        by_entry[row.entry_id].append(Posting(row.seq, row.ref, row.side, row.effect, row.amount, row.currency))
+        by_entry[row.entry_id].append(
+            Posting(row.seq, row.ref, row.side, row.effect, row.amount, row.currency)
+        )
     return {
         row.id: Entry(
             id=row.id,

@@ -98,7 +98,12 @@ PAGE_LIMIT_MAX = 500
 
 
 def _check_key(key: Any, field: str = "idempotency_key") -> str:
-    if not isinstance(key, str) or not (1 <= len(key) <= KEY_LENGTH_MAX) or not key.isprintable() or not key.isascii():
+    if (
+        not isinstance(key, str)
+        or not (1 <= len(key) <= KEY_LENGTH_MAX)
+        or not key.isprintable()
+        or not key.isascii()
+    ):
         raise errors.IdempotencyKeyInvalid(
             f"{field} must be 1 to {KEY_LENGTH_MAX} printable ASCII characters", field=field
         )
@@ -162,7 +167,9 @@ def _check_leg(leg: Leg, position: int) -> PlannedLeg:
 def _check_balanced(legs: Sequence[PlannedLeg]) -> None:
     totals: dict[str, int] = {}
     for leg in legs:
-        totals[leg.currency] = totals.get(leg.currency, 0) + (leg.amount if leg.side == "debit" else -leg.amount)
+        totals[leg.currency] = totals.get(leg.currency, 0) + (
+            leg.amount if leg.side == "debit" else -leg.amount
+        )
     unbalanced = {currency: total for currency, total in totals.items() if total}
     if unbalanced:
         raise errors.EntryMustBalance(
@@ -230,12 +237,16 @@ def _account_payload(request: AccountRequest) -> dict[str, Any]:
     }
 
 
-def open_account(conn: Connection, *, request: AccountRequest, now: dt.datetime | None = None) -> tuple[Account, bool]:
+def open_account(
+    conn: Connection, *, request: AccountRequest, now: dt.datetime | None = None
+) -> tuple[Account, bool]:
     """Open an account, idempotently on ``request.key``; returns the account and whether it is new."""
     key = _check_key(request.key, "key")
     payload = _account_payload(request)
     digest = request_hash(payload)
-    existing = conn.execute(sa.select(accounts.c.ref, accounts.c.request_hash).where(accounts.c.key == key)).first()
+    existing = conn.execute(
+        sa.select(accounts.c.ref, accounts.c.request_hash).where(accounts.c.key == key)
+    ).first()
     if existing is None:
         ref = ids.new_id("acc")
         inserted = conn.execute(
@@ -348,7 +359,9 @@ def list_accounts(
 def close_account(conn: Connection, *, ref: str, now: dt.datetime | None = None) -> Account:
     """Close an account whose balances net to zero; closing a closed account returns it unchanged."""
     row = conn.execute(
-        sa.select(accounts.c.id, accounts.c.closed, accounts.c.hot).where(accounts.c.ref == ref).with_for_update()
+        sa.select(accounts.c.id, accounts.c.closed, accounts.c.hot)
+        .where(accounts.c.ref == ref)
+        .with_for_update()
     ).first()
     if row is None:
         raise errors.AccountNotFound(f"account {ref} does not exist", field="account")
@@ -365,7 +378,9 @@ def close_account(conn: Connection, *, ref: str, now: dt.datetime | None = None)
             posted=b.posted,
         )
     conn.execute(
-        accounts.update().where(accounts.c.id == row.id).values(closed=True, closed_at=now or dt.datetime.now(dt.UTC))
+        accounts.update()
+        .where(accounts.c.id == row.id)
+        .values(closed=True, closed_at=now or dt.datetime.now(dt.UTC))
     )
     return get_account(conn, ref=ref)
 
@@ -455,9 +470,7 @@ def reverse_entry(
     return result
 
 
-def account_statement(
-    conn: Connection, *, ref: str, cursor: str | None = None, limit: int = 50
-) -> Page:
+def account_statement(conn: Connection, *, ref: str, cursor: str | None = None, limit: int = 50) -> Page:
     """Return an account's postings oldest first, each with the posted balance after it (账户明细)."""
     limit = _check_limit(limit)
     account = get_account(conn, ref=ref)
@@ -465,8 +478,16 @@ def account_statement(
     p, e = postings, journal_entries
     rows = conn.execute(
         sa.select(
-            p.c.entry_id, p.c.seq, p.c.side, p.c.effect, p.c.amount, e.c.ref, e.c.kind, e.c.business_code,
-            e.c.accounting_date, e.c.created_at,
+            p.c.entry_id,
+            p.c.seq,
+            p.c.side,
+            p.c.effect,
+            p.c.amount,
+            e.c.ref,
+            e.c.kind,
+            e.c.business_code,
+            e.c.accounting_date,
+            e.c.created_at,
         )
         .join(e, e.c.id == p.c.entry_id)
         .where(p.c.account_id == account.id, p.c.entry_id > after_entry)
@@ -495,10 +516,14 @@ def account_statement(
     next_cursor = str(rows[limit - 1].entry_id) if len(rows) > limit else None
     if next_cursor and rows[limit].entry_id == rows[limit - 1].entry_id:
         # Never split one entry's postings across pages.
-        items = [item for item, row in zip(items, rows, strict=False) if row.entry_id != rows[limit - 1].entry_id]
+        items = [
+            item for item, row in zip(items, rows, strict=False) if row.entry_id != rows[limit - 1].entry_id
+        ]
         next_cursor = str(rows[len(items) - 1].entry_id) if items else None
         if next_cursor is None:
-            raise errors.LimitInvalid("limit is smaller than one entry's postings on this account", field="limit")
+            raise errors.LimitInvalid(
+                "limit is smaller than one entry's postings on this account", field="limit"
+            )
     return Page(items=items, next_cursor=next_cursor)
 
 
@@ -620,7 +645,9 @@ def create_hold(
     amount = _check_amount(amount, "amount")
     currency = _check_currency(currency, "currency")
     if debit_ref == credit_ref:
-        raise errors.HoldAccountsMustDiffer("a hold moves funds between two different accounts", field="credit_account")
+        raise errors.HoldAccountsMustDiffer(
+            "a hold moves funds between two different accounts", field="credit_account"
+        )
     metadata = _check_metadata(metadata)
     payload = {
         "kind": "hold",
@@ -637,7 +664,9 @@ def create_hold(
     if replay is not None:
         return replay
     if expires_at is not None and (expires_at.tzinfo is None or expires_at <= now):
-        raise errors.HoldExpiryInPast("expires_at must be a time zone aware time in the future", field="expires_at")
+        raise errors.HoldExpiryInPast(
+            "expires_at must be a time zone aware time in the future", field="expires_at"
+        )
     hold_ref = ids.new_id("hld")
     plan = PlannedEntry(
         idempotency_key=key,
@@ -683,9 +712,7 @@ def _replayed_hold(conn: Connection, key: str, digest: str) -> HoldResult | None
 
 
 def _locked_pending_hold(conn: Connection, ref: str, now: dt.datetime) -> Any:
-    locked = conn.execute(
-        sa.select(holds.c.id).where(holds.c.ref == ref).with_for_update()
-    ).first()
+    locked = conn.execute(sa.select(holds.c.id).where(holds.c.ref == ref).with_for_update()).first()
     if locked is None:
         raise errors.HoldNotFound(f"hold {ref} does not exist", field="hold")
     row = conn.execute(_hold_select().where(holds.c.id == locked.id)).one()

@@ -139,7 +139,8 @@ holds = sa.Table(
     sa.CheckConstraint("amount > 0", name="amount_positive"),
     sa.CheckConstraint("state IN ('pending', 'posted', 'voided', 'expired')", name="state_valid"),
     sa.CheckConstraint(
-        "posted_amount IS NULL OR (posted_amount > 0 AND posted_amount <= amount)", name="posted_within_amount"
+        "posted_amount IS NULL OR (posted_amount > 0 AND posted_amount <= amount)",
+        name="posted_within_amount",
     ),
     sa.CheckConstraint("(state = 'pending') = (resolving_entry_id IS NULL)", name="resolved_has_entry"),
     sa.Index(
