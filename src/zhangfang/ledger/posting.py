@@ -33,7 +33,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from zhangfang import ids
 from zhangfang.db.uow import RetryableConflict
@@ -155,6 +155,11 @@ def post_planned(
     by stateless validation) are passed through, or raised when atomic.
     """
     now = now or dt.datetime.now(dt.UTC)
+    if len(planned) == 1 and fits_fast_path(conn, planned[0]):
+        entry = post_one_postgres(conn, planned[0], now)  # type: ignore[arg-type]
+        if entry is not None:
+            return [EntryResult(entry=entry)]
+        # Anything unusual (a replay, a refusal, a race): the general path decides and explains.
     results: list[EntryResult | ZhangfangError | None] = [None] * len(planned)
 
     def refuse(index: int, error: ZhangfangError) -> None:
@@ -220,6 +225,145 @@ def post_planned(
         )
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
+
+
+def fits_fast_path(conn: Connection | Engine, item: PlannedEntry | ZhangfangError) -> bool:
+    return (
+        conn.dialect.name == "postgresql"
+        and isinstance(item, PlannedEntry)
+        and item.kind == "entry"
+        and item.new_hold is None
+        and item.resolves_hold is None
+    )
+
+
+# One statement, one round trip: look up the key, lock the non-hot accounts in id
+# order, check that the entry fits (accounts exist, currencies match, none closed,
+# constraints hold afterwards), and only then insert the entry, its postings, the
+# balance changes and the hot deltas. If it does not fit, nothing is written and
+# the general path runs in the same transaction to decide, and to name the rule.
+_FAST_POST_SQL = sa.text(
+    """
+WITH legs AS (
+  SELECT l.account_ref, l.side, l.effect, l.amount, l.currency, (l.ord - 1)::smallint AS seq
+  FROM unnest(CAST(:refs AS text[]), CAST(:sides AS text[]), CAST(:effects AS text[]),
+              CAST(:amounts AS bigint[]), CAST(:currencies AS text[]))
+       WITH ORDINALITY AS l(account_ref, side, effect, amount, currency, ord)
+),
+existing AS (
+  SELECT id FROM ledger_entries WHERE idempotency_key = :key
+),
+locked AS (
+  SELECT id, ref, currency, closed, hot, debits_must_not_exceed_credits AS dmnec,
+         credits_must_not_exceed_debits AS cmned,
+         debits_posted, credits_posted, debits_pending, credits_pending
+  FROM ledger_accounts
+  WHERE ref = ANY(CAST(:refs AS text[])) AND NOT hot AND NOT EXISTS (SELECT 1 FROM existing)
+  ORDER BY id
+  FOR UPDATE
+),
+accts AS (
+  SELECT * FROM locked
+  UNION ALL
+  SELECT id, ref, currency, closed, hot, debits_must_not_exceed_credits, credits_must_not_exceed_debits,
+         debits_posted, credits_posted, debits_pending, credits_pending
+  FROM ledger_accounts WHERE ref = ANY(CAST(:refs AS text[])) AND hot
+),
+deltas AS (
+  SELECT a.id, a.hot,
+    sum(CASE WHEN g.side = 'debit' AND g.effect = 'posted' THEN g.amount ELSE 0 END) AS dp,
+    sum(CASE WHEN g.side = 'credit' AND g.effect = 'posted' THEN g.amount ELSE 0 END) AS cp,
+    sum(CASE WHEN g.side <> 'debit' THEN 0 WHEN g.effect = 'pending' THEN g.amount
+             WHEN g.effect = 'release' THEN -g.amount ELSE 0 END) AS dpend,
+    sum(CASE WHEN g.side <> 'credit' THEN 0 WHEN g.effect = 'pending' THEN g.amount
+             WHEN g.effect = 'release' THEN -g.amount ELSE 0 END) AS cpend
+  FROM legs g JOIN accts a ON a.ref = g.account_ref
+  GROUP BY a.id, a.hot
+),
+feasible AS (
+  SELECT NOT EXISTS (SELECT 1 FROM existing)
+     AND (SELECT count(*) FROM legs g JOIN accts a
+            ON a.ref = g.account_ref AND a.currency = g.currency AND NOT a.closed)
+         = cardinality(CAST(:refs AS text[]))
+     AND NOT EXISTS (
+       SELECT 1 FROM deltas d JOIN accts a ON a.id = d.id
+       WHERE (a.dmnec AND a.debits_posted + d.dp + a.debits_pending + d.dpend > a.credits_posted + d.cp)
+          OR (a.cmned AND a.credits_posted + d.cp + a.credits_pending + d.cpend > a.debits_posted + d.dp)
+          OR (NOT a.hot AND (a.debits_pending + d.dpend < 0 OR a.credits_pending + d.cpend < 0))
+     ) AS ok
+),
+entry AS (
+  INSERT INTO ledger_entries (ref, idempotency_key, request_hash, kind, business_code, accounting_date,
+                              metadata, created_at)
+  SELECT :ref, :key, :request_hash, :kind, :business_code, c.open_date, CAST(:metadata AS json), :created_at
+  FROM ledger_clock c, feasible f
+  WHERE c.id = 1 AND f.ok
+  ON CONFLICT (idempotency_key) DO NOTHING
+  RETURNING id, accounting_date
+),
+posted AS (
+  INSERT INTO ledger_postings (entry_id, seq, account_id, side, effect, amount, currency)
+  SELECT e.id, g.seq, a.id, g.side, g.effect, g.amount, g.currency
+  FROM entry e, legs g JOIN accts a ON a.ref = g.account_ref
+),
+balanced AS (
+  UPDATE ledger_accounts a
+  SET debits_posted = a.debits_posted + d.dp, credits_posted = a.credits_posted + d.cp,
+      debits_pending = a.debits_pending + d.dpend, credits_pending = a.credits_pending + d.cpend
+  FROM deltas d, entry e
+  WHERE a.id = d.id AND NOT d.hot
+),
+hot_appended AS (
+  INSERT INTO ledger_hot_deltas (account_id, debits_posted, credits_posted, debits_pending, credits_pending)
+  SELECT d.id, d.dp, d.cp, d.dpend, d.cpend FROM deltas d, entry e WHERE d.hot
+)
+SELECT id, accounting_date FROM entry
+"""
+)
+
+
+def post_one_postgres(conn: Connection, item: PlannedEntry, now: dt.datetime) -> Entry | None:
+    """PostgreSQL's one-round-trip path for a single plain entry; None when it did not write."""
+    assert_balanced(item.legs)
+    row = conn.execute(
+        _FAST_POST_SQL,
+        {
+            "refs": [leg.account for leg in item.legs],
+            "sides": [leg.side for leg in item.legs],
+            "effects": [leg.effect for leg in item.legs],
+            "amounts": [leg.amount for leg in item.legs],
+            "currencies": [leg.currency for leg in item.legs],
+            "key": item.idempotency_key,
+            "ref": item.ref,
+            "request_hash": item.request_hash,
+            "kind": item.kind,
+            "business_code": item.business_code,
+            "metadata": canonical_json(dict(item.metadata)) if item.metadata is not None else None,
+            "created_at": now,
+        },
+    ).first()
+    if row is None:
+        return None
+    return _entry_from_plan(item, row.id, row.accounting_date, now)
+
+
+def _entry_from_plan(item: PlannedEntry, entry_id: int, accounting_date: dt.date, now: dt.datetime) -> Entry:
+    return Entry(
+        id=entry_id,
+        ref=item.ref,
+        idempotency_key=item.idempotency_key,
+        kind=item.kind,
+        business_code=item.business_code,
+        accounting_date=accounting_date,
+        metadata=dict(item.metadata) if item.metadata is not None else None,
+        postings=tuple(
+            Posting(seq, leg.account, leg.side, leg.effect, leg.amount, leg.currency)
+            for seq, leg in enumerate(item.legs)
+        ),
+        created_at=now,
+        reverses=item.reverses_ref,
+        hold=(item.new_hold or item.resolves_hold or {}).get("ref"),
+    )
 
 
 def _key_conflict(key: str) -> ZhangfangError:
@@ -443,25 +587,10 @@ def _write(
         if item.resolves_hold is not None:
             _resolve_hold(conn, item.resolves_hold, entry_id, now)
 
-    written: dict[int, Entry] = {}
-    for (index, item), row in zip(to_write, entry_rows, strict=True):
-        written[index] = Entry(
-            id=inserted[item.idempotency_key],
-            ref=item.ref,
-            idempotency_key=item.idempotency_key,
-            kind=item.kind,
-            business_code=item.business_code,
-            accounting_date=accounting_date,
-            metadata=row["metadata"],
-            postings=tuple(
-                Posting(seq, leg.account, leg.side, leg.effect, leg.amount, leg.currency)
-                for seq, leg in enumerate(item.legs)
-            ),
-            created_at=now,
-            reverses=item.reverses_ref,
-            hold=(item.new_hold or item.resolves_hold or {}).get("ref"),
-        )
-    return written
+    return {
+        index: _entry_from_plan(item, inserted[item.idempotency_key], accounting_date, now)
+        for index, item in to_write
+    }
 
 
 def _resolve_hold(conn: Connection, resolution: Mapping[str, Any], entry_id: int, now: dt.datetime) -> None:

@@ -30,9 +30,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from zhangfang import ids, money
+from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import ZhangfangError
 from zhangfang.ledger import errors
 from zhangfang.ledger.chain import chain_status, seal_entries, verify_chain
@@ -54,7 +55,9 @@ from zhangfang.ledger.posting import (
     SIDES,
     PlannedEntry,
     PlannedLeg,
+    fits_fast_path,
     load_entries,
+    post_one_postgres,
     post_planned,
     request_hash,
 )
@@ -81,6 +84,7 @@ __all__ = [
     "plan_entry",
     "post_entries",
     "post_entry",
+    "post_entry_alone",
     "post_hold",
     "reverse_entry",
     "seal_entries",
@@ -250,7 +254,9 @@ def open_account(
     if existing is None:
         ref = ids.new_id("acc")
         inserted = conn.execute(
-            _insert_ignoring_key(conn, accounts, "key").values(
+            _insert_ignoring_key(conn, accounts, "key")
+            .returning(accounts.c.id)
+            .values(
                 ref=ref,
                 key=key,
                 request_hash=digest,
@@ -263,7 +269,7 @@ def open_account(
                 **payload,
             )
         )
-        if inserted.rowcount == 1:
+        if inserted.first() is not None:
             return get_account(conn, ref=ref), True
         existing = conn.execute(
             sa.select(accounts.c.ref, accounts.c.request_hash).where(accounts.c.key == key)
@@ -393,6 +399,31 @@ def post_entry(conn: Connection, *, request: EntryRequest, now: dt.datetime | No
     result = post_entries(conn, requests=[request], atomic=True, now=now)[0]
     assert isinstance(result, EntryResult)
     return result
+
+
+def post_entry_alone(engine: Engine, *, request: EntryRequest, now: dt.datetime | None = None) -> EntryResult:
+    """Post one entry as a transaction of its own — the fastest single-entry path.
+
+    Owns its transaction (use ``post_entry`` inside a wider unit of work). On
+    PostgreSQL a plain entry is one statement in autocommit mode: one round
+    trip, the statement is the transaction. If that statement declines to
+    write (a replay, a refusal, a race), the general path decides in a normal
+    transaction, with retries.
+    """
+    plan = plan_entry(request)
+    now = now or dt.datetime.now(dt.UTC)
+    if engine.dialect.name == "postgresql" and fits_fast_path(engine, plan):
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            entry = post_one_postgres(conn, plan, now)
+        if entry is not None:
+            return EntryResult(entry=entry)
+
+    def general(conn: Connection) -> EntryResult:
+        result = post_planned(conn, [plan], atomic=True, now=now)[0]
+        assert isinstance(result, EntryResult)
+        return result
+
+    return run_in_transaction(engine, general)
 
 
 def post_entries(

@@ -12,7 +12,14 @@ Guarantees the database enforces on its own (each has a test that makes it fire)
 - ``postings``: amounts are positive; side and effect are from closed sets.
 - Triggers (migration 0001) refuse UPDATE and DELETE of postings and of an
   entry's content, on SQLite and PostgreSQL alike: the journal is append-only,
-  and only the sealer may fill in ``seal_seq``/``seal`` once.
+  and only the sealer may fill in ``seal_seq``/``seal`` once. Accounts are
+  never deleted (a trigger too).
+- ``ledger_postings.account_id`` and ``ledger_hot_deltas.account_id`` carry no
+  foreign key on purpose: PostgreSQL checks a foreign key by taking a KEY
+  SHARE lock on the referenced row, so every writer touching a hot account
+  would queue on that one row through MultiXacts — the contention hot
+  accounts exist to avoid. The engine writes only ids it has just read, and
+  accounts can never be deleted, so the reference cannot dangle.
 """
 
 from __future__ import annotations
@@ -109,7 +116,7 @@ postings = sa.Table(
     metadata,
     sa.Column("entry_id", BigId, sa.ForeignKey("ledger_entries.id"), primary_key=True),
     sa.Column("seq", sa.SmallInteger, primary_key=True, autoincrement=False),
-    sa.Column("account_id", BigId, sa.ForeignKey("ledger_accounts.id"), nullable=False),
+    sa.Column("account_id", BigId, nullable=False, comment="ledger_accounts.id; no FK"),
     sa.Column("side", sa.String(6), nullable=False),
     sa.Column("effect", sa.String(8), nullable=False, comment="posted | pending | release"),
     sa.Column("amount", Money, nullable=False),
@@ -155,7 +162,7 @@ hot_account_deltas = sa.Table(
     "ledger_hot_deltas",
     metadata,
     sa.Column("id", BigId, primary_key=True),
-    sa.Column("account_id", BigId, sa.ForeignKey("ledger_accounts.id"), nullable=False, index=True),
+    sa.Column("account_id", BigId, nullable=False, index=True, comment="ledger_accounts.id; no FK"),
     sa.Column("debits_posted", Money, nullable=False),
     sa.Column("credits_posted", Money, nullable=False),
     sa.Column("debits_pending", Money, nullable=False, comment="signed: a release subtracts"),

@@ -238,16 +238,16 @@ def upgrade() -> None:
     op.create_table(
         "ledger_hot_deltas",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "account_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=False,
+            comment="ledger_accounts.id; no FK",
+        ),
         sa.Column("debits_posted", sa.BigInteger(), nullable=False),
         sa.Column("credits_posted", sa.BigInteger(), nullable=False),
         sa.Column("debits_pending", sa.BigInteger(), nullable=False, comment="signed: a release subtracts"),
         sa.Column("credits_pending", sa.BigInteger(), nullable=False, comment="signed: a release subtracts"),
-        sa.ForeignKeyConstraint(
-            ["account_id"],
-            ["ledger_accounts.id"],
-            name=op.f("fk_ledger_hot_deltas_account_id_ledger_accounts"),
-        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_hot_deltas")),
     )
     with op.batch_alter_table("ledger_hot_deltas", schema=None) as batch_op:
@@ -257,7 +257,12 @@ def upgrade() -> None:
         "ledger_postings",
         sa.Column("entry_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("seq", sa.SmallInteger(), autoincrement=False, nullable=False),
-        sa.Column("account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "account_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=False,
+            comment="ledger_accounts.id; no FK",
+        ),
         sa.Column("side", sa.String(length=6), nullable=False),
         sa.Column("effect", sa.String(length=8), nullable=False, comment="posted | pending | release"),
         sa.Column("amount", sa.BigInteger(), nullable=False),
@@ -267,9 +272,6 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("side IN ('debit', 'credit')", name=op.f("ck_ledger_postings_side_valid")),
         sa.CheckConstraint("amount > 0", name=op.f("ck_ledger_postings_amount_positive")),
-        sa.ForeignKeyConstraint(
-            ["account_id"], ["ledger_accounts.id"], name=op.f("fk_ledger_postings_account_id_ledger_accounts")
-        ),
         sa.ForeignKeyConstraint(
             ["entry_id"], ["ledger_entries.id"], name=op.f("fk_ledger_postings_entry_id_ledger_entries")
         ),
@@ -332,6 +334,10 @@ def _append_only_triggers(bind: sa.engine.Connection) -> None:
             """
         )
         op.execute(
+            "CREATE TRIGGER ledger_accounts_no_delete BEFORE DELETE ON ledger_accounts "
+            "FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()"
+        )
+        op.execute(
             "CREATE TRIGGER ledger_postings_append_only BEFORE UPDATE OR DELETE ON ledger_postings "
             "FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()"
         )
@@ -355,6 +361,10 @@ def _append_only_triggers(bind: sa.engine.Connection) -> None:
         "BEGIN SELECT RAISE(ABORT, 'ledger_entries is append-only'); END"
     )
     op.execute(
+        "CREATE TRIGGER ledger_accounts_no_delete BEFORE DELETE ON ledger_accounts "
+        "BEGIN SELECT RAISE(ABORT, 'ledger_accounts are never deleted'); END"
+    )
+    op.execute(
         "CREATE TRIGGER ledger_entries_seal_once BEFORE UPDATE ON ledger_entries "
         f"WHEN OLD.seal_seq IS NOT NULL OR {changed} "
         "BEGIN SELECT RAISE(ABORT, 'ledger_entries content is immutable'); END"
@@ -367,6 +377,7 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS ledger_entries_seal_once ON ledger_entries")
         op.execute("DROP TRIGGER IF EXISTS ledger_entries_no_delete ON ledger_entries")
         op.execute("DROP TRIGGER IF EXISTS ledger_postings_append_only ON ledger_postings")
+        op.execute("DROP TRIGGER IF EXISTS ledger_accounts_no_delete ON ledger_accounts")
         op.execute("DROP FUNCTION IF EXISTS ledger_entries_seal_once()")
         op.execute("DROP FUNCTION IF EXISTS ledger_refuse_change()")
     with op.batch_alter_table("ledger_postings", schema=None) as batch_op:
