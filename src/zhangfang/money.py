@@ -223,9 +223,7 @@ def to_minor(value: Decimal, currency: str) -> int:
     if isinstance(value, float):
         _raise_float()
     if not isinstance(value, Decimal):
-        raise AmountTypeInvalid(
-            f"amount must be a Decimal in major units, got {type(value).__name__}", field="amount"
-        )
+        raise AmountTypeInvalid(f"amount must be a Decimal in major units, got {type(value).__name__}", field="amount")
     return _decimal_to_minor(value, _resolve(currency))
 
 
@@ -317,9 +315,7 @@ def _check_amount_minor_type(value: object) -> None:
     if isinstance(value, float):
         _raise_float()
     if isinstance(value, bool) or not isinstance(value, int):
-        raise AmountTypeInvalid(
-            f"amount must be an int of minor units, got {type(value).__name__}", field="amount"
-        )
+        raise AmountTypeInvalid(f"amount must be an int of minor units, got {type(value).__name__}", field="amount")
 
 
 def _raise_float() -> NoReturn:
@@ -338,9 +334,7 @@ def _check_ratios(ratios: object) -> list[Fraction]:
     weights: list[Fraction] = []
     for index, ratio in enumerate(ratios):
         if isinstance(ratio, float):
-            raise RatiosInvalid(
-                f"ratio {index} must not be a float; use int, Decimal or Fraction", field="ratios"
-            )
+            raise RatiosInvalid(f"ratio {index} must not be a float; use int, Decimal or Fraction", field="ratios")
         if isinstance(ratio, bool) or not isinstance(ratio, int | Decimal | Fraction):
             raise RatiosInvalid(
                 f"ratio {index} must be an int, Decimal or Fraction, got {type(ratio).__name__}",

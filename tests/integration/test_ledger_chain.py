@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-
 from tests.ledger_helpers import bank, transfer, wallet
+
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger import service as ledger
 
@@ -28,8 +28,12 @@ def tamper(engine, sql: str) -> None:
             conn.execute(sa.text("ALTER TABLE ledger_postings ENABLE TRIGGER USER"))
             conn.execute(sa.text("ALTER TABLE ledger_entries ENABLE TRIGGER USER"))
         else:
-            for trigger in ("ledger_postings_no_update", "ledger_postings_no_delete", "ledger_entries_seal_once",
-                            "ledger_entries_no_delete"):
+            for trigger in (
+                "ledger_postings_no_update",
+                "ledger_postings_no_delete",
+                "ledger_entries_seal_once",
+                "ledger_entries_no_delete",
+            ):
                 conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {trigger}"))
             conn.execute(sa.text(sql))
 

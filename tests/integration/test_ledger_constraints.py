@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-
 from tests.ledger_helpers import bank, open_account, transfer, wallet
 
 

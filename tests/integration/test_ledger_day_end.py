@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from tests.ledger_helpers import bank, open_account, transfer, wallet
+
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import ZhangfangError
 from zhangfang.ledger import service as ledger
@@ -69,13 +69,18 @@ def test_pending_holds_are_part_of_the_snapshot(engine):
     run_in_transaction(
         engine,
         lambda conn: ledger.create_hold(
-            conn, idempotency_key="h", debit_account=alice.ref, credit_account=shop.ref, amount=30,
-            currency="CNY", business_code="payment",
+            conn,
+            idempotency_key="h",
+            debit_account=alice.ref,
+            credit_account=shop.ref,
+            amount=30,
+            currency="CNY",
+            business_code="payment",
         ),
     )
     day = open_date(engine)
     close(engine, day)
-    (_, snapshot), = run_in_transaction(
+    ((_, snapshot),) = run_in_transaction(
         engine, lambda conn: ledger.balance_history(conn, ref=alice.ref, date_from=day, date_to=day)
     )
     assert (snapshot.posted, snapshot.pending_out, snapshot.available) == (100, 30, 70)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from tests.ledger_helpers import available, bank, open_account, snapshot, transfer, transfer_request, wallet
+
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import ZhangfangError
 from zhangfang.ledger import service as ledger
@@ -218,7 +218,10 @@ def test_opening_an_account_is_idempotent_on_its_key(engine):
 @pytest.mark.parametrize(
     ("flags", "code"),
     [
-        ({"debits_must_not_exceed_credits": True, "credits_must_not_exceed_debits": True}, "account_flags_invalid"),
+        (
+            {"debits_must_not_exceed_credits": True, "credits_must_not_exceed_debits": True},
+            "account_flags_invalid",
+        ),
         ({"hot": True, "debits_must_not_exceed_credits": True}, "account_flags_invalid"),
         ({"normal_side": "up"}, "normal_side_invalid"),
         ({"currency": "yuan"}, "currency_unknown"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from tests.ledger_helpers import account, available, bank, snapshot, transfer, wallet
+
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import ZhangfangError
 from zhangfang.ledger import service as ledger

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from tests.ledger_helpers import account, bank, open_account, transfer
+
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import ZhangfangError
 from zhangfang.ledger import service as ledger

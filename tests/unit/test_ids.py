@@ -37,9 +37,7 @@ def test_prefixes_of_two_to_eight_lowercase_letters_are_accepted(prefix: str) ->
     assert new_id(prefix).startswith(prefix + "_")
 
 
-@pytest.mark.parametrize(
-    "prefix", ["", "a", "abcdefghi", "Pay", "PAY", "pa1", "pay_", "p-y", "páy", " pay", None, 1]
-)
+@pytest.mark.parametrize("prefix", ["", "a", "abcdefghi", "Pay", "PAY", "pa1", "pay_", "p-y", "páy", " pay", None, 1])
 def test_an_invalid_prefix_is_a_programming_error(prefix: object) -> None:
     with pytest.raises(ValueError):
         new_id(prefix)  # type: ignore[arg-type]
@@ -145,9 +143,7 @@ def test_a_well_formed_id_is_valid_only_with_its_own_prefix() -> None:
     assert not is_valid_id(new_id("payx"), "pay")
 
 
-@pytest.mark.parametrize(
-    "value", ["pay_01J9ZQ3M4X7D8E9F0G1H2J3K4", "01J9ZQ3M4X7D8E9F0G1H2J3K4M", "", "PAY_x", None]
-)
+@pytest.mark.parametrize("value", ["pay_01J9ZQ3M4X7D8E9F0G1H2J3K4", "01J9ZQ3M4X7D8E9F0G1H2J3K4M", "", "PAY_x", None])
 def test_id_timestamp_refuses_a_malformed_id(value: object) -> None:
     with pytest.raises(ValueError):
         id_timestamp(value)  # type: ignore[arg-type]
@@ -155,6 +151,4 @@ def test_id_timestamp_refuses_a_malformed_id(value: object) -> None:
 
 def test_id_timestamp_of_a_known_ulid() -> None:
     # The ULID spec's example id; the tulid library decodes it to 2016-07-31 00:54:10 in UTC+1.
-    assert id_timestamp("pay_01ARZ3NDEKTSV4RRFFQ69G5FAV") == datetime(
-        2016, 7, 30, 23, 54, 10, 259_000, tzinfo=UTC
-    )
+    assert id_timestamp("pay_01ARZ3NDEKTSV4RRFFQ69G5FAV") == datetime(2016, 7, 30, 23, 54, 10, 259_000, tzinfo=UTC)

@@ -182,9 +182,7 @@ def test_parse_amount_refuses_text_that_is_not_a_plain_decimal(text: str) -> Non
     assert caught.value.field == "amount"
 
 
-@pytest.mark.parametrize(
-    "value", [Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity")]
-)
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity")])
 def test_parse_amount_refuses_a_decimal_that_is_not_finite(value: Decimal) -> None:
     with pytest.raises(AmountNotANumber):
         parse_amount(value, "CNY")
@@ -326,9 +324,7 @@ def test_parse_amount_reads_back_what_format_minor_writes(amount_minor: int, cod
         (123456, "EUR", "de_DE", "1.234,56\xa0€"),
     ],
 )
-def test_format_money_uses_babel_with_the_iso_exponent(
-    amount_minor: int, code: str, locale: str, text: str
-) -> None:
+def test_format_money_uses_babel_with_the_iso_exponent(amount_minor: int, code: str, locale: str, text: str) -> None:
     assert format_money(amount_minor, code, locale) == text
 
 

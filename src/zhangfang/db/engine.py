@@ -20,9 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 SQLITE_BEGIN_OPTION = "zhangfang_sqlite_begin"
 
 
-def create_engine(
-    url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10, **kwargs: Any
-) -> Engine:
+def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10, **kwargs: Any) -> Engine:
     """Return an engine for ``url`` with the settings the ledger relies on."""
     if url.startswith("sqlite"):
         return _sqlite_engine(url, sqlite_synchronous=sqlite_synchronous, **kwargs)

@@ -62,9 +62,7 @@ def link(previous_seal: str, seal_seq: int, digest: str) -> str:
 
 def _postings_by_entry(conn: Connection, entry_ids: Sequence[int]) -> dict[int, list[Any]]:
     rows = conn.execute(
-        sa.select(postings)
-        .where(postings.c.entry_id.in_(entry_ids))
-        .order_by(postings.c.entry_id, postings.c.seq)
+        sa.select(postings).where(postings.c.entry_id.in_(entry_ids)).order_by(postings.c.entry_id, postings.c.seq)
     ).all()
     grouped: dict[int, list[Any]] = defaultdict(list)
     for row in rows:
@@ -101,18 +99,14 @@ def chain_status(conn: Connection, *, now: dt.datetime | None = None) -> ChainSt
     now = now or dt.datetime.now(dt.UTC)
     head = conn.execute(sa.select(chain_head.c.seal_seq).where(chain_head.c.id == 1)).scalar_one()
     e = journal_entries
-    waiting = conn.execute(
-        sa.select(sa.func.count(), sa.func.min(e.c.id)).where(e.c.seal_seq.is_(None))
-    ).one()
+    waiting = conn.execute(sa.select(sa.func.count(), sa.func.min(e.c.id)).where(e.c.seal_seq.is_(None))).one()
     oldest_ref, lag = None, 0.0
     if waiting[1] is not None:
         oldest = conn.execute(sa.select(e.c.ref, e.c.created_at).where(e.c.id == waiting[1])).one()
         oldest_ref = oldest.ref
         created = oldest.created_at if oldest.created_at.tzinfo else oldest.created_at.replace(tzinfo=dt.UTC)
         lag = max(0.0, (now - created).total_seconds())
-    return ChainStatus(
-        sealed_seq=head, unsealed_count=waiting[0], lag_seconds=lag, oldest_unsealed=oldest_ref
-    )
+    return ChainStatus(sealed_seq=head, unsealed_count=waiting[0], lag_seconds=lag, oldest_unsealed=oldest_ref)
 
 
 def verify_chain(conn: Connection, *, batch: int = 5000) -> VerifyReport:
@@ -121,9 +115,7 @@ def verify_chain(conn: Connection, *, batch: int = 5000) -> VerifyReport:
     previous_seal, expected_seq, checked = GENESIS_SEAL, 1, 0
     unsealed = conn.execute(sa.select(sa.func.count()).where(e.c.seal_seq.is_(None))).scalar_one()
     while True:
-        rows = conn.execute(
-            sa.select(e).where(e.c.seal_seq >= expected_seq).order_by(e.c.seal_seq).limit(batch)
-        ).all()
+        rows = conn.execute(sa.select(e).where(e.c.seal_seq >= expected_seq).order_by(e.c.seal_seq).limit(batch)).all()
         if not rows:
             break
         by_entry = _postings_by_entry(conn, [row.id for row in rows])
@@ -136,9 +128,7 @@ def verify_chain(conn: Connection, *, batch: int = 5000) -> VerifyReport:
                     first_bad_entry=row.ref,
                     first_bad_seq=expected_seq,
                     reason="entry_missing",
-                    details={
-                        "message": f"no entry at chain position {expected_seq}; the next one is {row.ref}"
-                    },
+                    details={"message": f"no entry at chain position {expected_seq}; the next one is {row.ref}"},
                 )
             recomputed = link(previous_seal, row.seal_seq, content_hash(row, by_entry[row.id]))
             if recomputed != row.seal:
@@ -149,9 +139,7 @@ def verify_chain(conn: Connection, *, batch: int = 5000) -> VerifyReport:
                     first_bad_entry=row.ref,
                     first_bad_seq=row.seal_seq,
                     reason="content_changed",
-                    details={
-                        "message": f"entry {row.ref} (chain position {row.seal_seq}) does not match its seal"
-                    },
+                    details={"message": f"entry {row.ref} (chain position {row.seal_seq}) does not match its seal"},
                 )
             previous_seal, expected_seq, checked = row.seal, expected_seq + 1, checked + 1
     head = conn.execute(sa.select(chain_head).where(chain_head.c.id == 1)).one()
@@ -162,8 +150,6 @@ def verify_chain(conn: Connection, *, batch: int = 5000) -> VerifyReport:
             unsealed=unsealed,
             first_bad_seq=expected_seq,
             reason="chain_truncated",
-            details={
-                "message": f"the chain head says {head.seal_seq} entries, the journal has {expected_seq - 1}"
-            },
+            details={"message": f"the chain head says {head.seal_seq} entries, the journal has {expected_seq - 1}"},
         )
     return VerifyReport(ok=True, checked=checked, unsealed=unsealed)

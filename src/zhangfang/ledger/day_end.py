@@ -74,9 +74,7 @@ def get_day_close(conn: Connection, *, accounting_date: dt.date) -> DayClose | N
 
 def list_day_closes(conn: Connection, *, limit: int = 31) -> list[DayClose]:
     """The most recent closes, newest first."""
-    rows = conn.execute(
-        sa.select(day_closes).order_by(day_closes.c.accounting_date.desc()).limit(limit)
-    ).all()
+    rows = conn.execute(sa.select(day_closes).order_by(day_closes.c.accounting_date.desc()).limit(limit)).all()
     return [_close_from_row(row) for row in rows]
 
 
@@ -113,13 +111,9 @@ def _switch(conn: Connection, accounting_date: dt.date, now: dt.datetime | None)
         )
     switched_at = now or _database_now(conn)
     conn.execute(
-        ledger_clock.update()
-        .where(ledger_clock.c.id == 1)
-        .values(open_date=accounting_date + dt.timedelta(days=1))
+        ledger_clock.update().where(ledger_clock.c.id == 1).values(open_date=accounting_date + dt.timedelta(days=1))
     )
-    conn.execute(
-        day_closes.insert().values(accounting_date=accounting_date, state="switched", switched_at=switched_at)
-    )
+    conn.execute(day_closes.insert().values(accounting_date=accounting_date, state="switched", switched_at=switched_at))
     return get_day_close(conn, accounting_date=accounting_date)  # type: ignore[return-value]
 
 
@@ -197,18 +191,13 @@ def _snapshot(conn: Connection, accounting_date: dt.date, now: dt.datetime | Non
     source = sa.select(
         a.id,
         sa.literal(accounting_date, sa.Date),
-        *(
-            (sa.func.coalesce(prev.c[name], 0) + sa.func.coalesce(day.c[name], 0)).label(name)
-            for name in _DAY_SUMS
-        ),
+        *((sa.func.coalesce(prev.c[name], 0) + sa.func.coalesce(day.c[name], 0)).label(name) for name in _DAY_SUMS),
     ).select_from(
-        accounts.outerjoin(
-            prev, sa.and_(prev.c.account_id == a.id, prev.c.accounting_date == previous)
-        ).outerjoin(day, day.c.account_id == a.id)
+        accounts.outerjoin(prev, sa.and_(prev.c.account_id == a.id, prev.c.accounting_date == previous)).outerjoin(
+            day, day.c.account_id == a.id
+        )
     )
-    conn.execute(
-        account_day_balances.insert().from_select(["account_id", "accounting_date", *_DAY_SUMS], source)
-    )
+    conn.execute(account_day_balances.insert().from_select(["account_id", "accounting_date", *_DAY_SUMS], source))
     _assert_snapshot_balanced(conn, accounting_date)
     counts = conn.execute(
         sa.select(

@@ -89,10 +89,7 @@ def _fold_serialized(conn: Connection, account_ids: Sequence[int] | None) -> int
         accounts.update()
         .where(a.id == sa.bindparam("account_id_"))
         .values({a[name]: a[name] + sa.bindparam(f"d_{name}") for name in _BALANCE_COLUMNS}),
-        [
-            {"account_id_": row.account_id, **{f"d_{n}": int(row._mapping[n]) for n in _BALANCE_COLUMNS}}
-            for row in rows
-        ],
+        [{"account_id_": row.account_id, **{f"d_{n}": int(row._mapping[n]) for n in _BALANCE_COLUMNS}} for row in rows],
     )
     conn.execute(d.delete().where(d.c.id <= high, *where))
     return sum(row.delta_count for row in rows)

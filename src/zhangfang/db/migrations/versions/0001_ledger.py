@@ -47,9 +47,7 @@ def upgrade() -> None:
         sa.Column("metadata", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.CheckConstraint(
-            "normal_side IN ('debit', 'credit')", name=op.f("ck_ledger_accounts_normal_side_valid")
-        ),
+        sa.CheckConstraint("normal_side IN ('debit', 'credit')", name=op.f("ck_ledger_accounts_normal_side_valid")),
         sa.CheckConstraint(
             "NOT (debits_must_not_exceed_credits AND credits_must_not_exceed_debits)",
             name=op.f("ck_ledger_accounts_flags_mutually_exclusive"),
@@ -78,9 +76,7 @@ def upgrade() -> None:
         "ledger_chain_head",
         sa.Column("id", sa.SmallInteger(), autoincrement=False, nullable=False),
         sa.Column("seal_seq", sa.BigInteger(), nullable=False, comment="last sealed position, 0 before any"),
-        sa.Column(
-            "seal", sa.String(length=64), nullable=False, comment="last seal; the genesis seal before any"
-        ),
+        sa.Column("seal", sa.String(length=64), nullable=False, comment="last seal; the genesis seal before any"),
         sa.CheckConstraint("id = 1", name=op.f("ck_ledger_chain_head_single_row")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_chain_head")),
     )
@@ -107,9 +103,7 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("ref", sa.String(length=40), nullable=False, comment="external id, je_…"),
         sa.Column("idempotency_key", sa.String(length=200), nullable=False),
-        sa.Column(
-            "request_hash", sa.String(length=64), nullable=False, comment="sha256 of the canonical request"
-        ),
+        sa.Column("request_hash", sa.String(length=64), nullable=False, comment="sha256 of the canonical request"),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("business_code", sa.String(length=64), nullable=False),
         sa.Column("accounting_date", sa.Date(), nullable=False),
@@ -128,9 +122,7 @@ def upgrade() -> None:
             "kind IN ('entry', 'reversal', 'hold', 'hold_post', 'hold_void', 'hold_expire')",
             name=op.f("ck_ledger_entries_kind_valid"),
         ),
-        sa.CheckConstraint(
-            "(seal_seq IS NULL) = (seal IS NULL)", name=op.f("ck_ledger_entries_sealed_together")
-        ),
+        sa.CheckConstraint("(seal_seq IS NULL) = (seal IS NULL)", name=op.f("ck_ledger_entries_sealed_together")),
         sa.ForeignKeyConstraint(
             ["reverses_entry_id"],
             ["ledger_entries.id"],
@@ -267,9 +259,7 @@ def upgrade() -> None:
         sa.Column("effect", sa.String(length=8), nullable=False, comment="posted | pending | release"),
         sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
-        sa.CheckConstraint(
-            "effect IN ('posted', 'pending', 'release')", name=op.f("ck_ledger_postings_effect_valid")
-        ),
+        sa.CheckConstraint("effect IN ('posted', 'pending', 'release')", name=op.f("ck_ledger_postings_effect_valid")),
         sa.CheckConstraint("side IN ('debit', 'credit')", name=op.f("ck_ledger_postings_side_valid")),
         sa.CheckConstraint("amount > 0", name=op.f("ck_ledger_postings_amount_positive")),
         sa.ForeignKeyConstraint(

@@ -1,0 +1,206 @@
+"""The FastAPI application: one router per domain, one error shape for every refusal.
+
+Guarantees
+- Every error leaves as ``{"error": {"code", "message", "field"?, "details"?}}``
+  with a stable ``code``: domain errors (``ZhangfangError``) by kind
+  (InvalidInput 422, NotFound 404, Conflict 409, Rejected 422, Unauthorized
+  401); a request FastAPI cannot parse as ``request_invalid`` (422) naming the
+  first field at fault (``legs.0.amount``); an unknown route or method as
+  ``route_not_found``/``method_not_allowed``; anything unexpected as
+  ``internal_error`` (500, logged with its traceback, never shown).
+- The app refuses to start without an admin key (``ZHANGFANG_ADMIN_API_KEY``).
+- An engine the app created is disposed when the app shuts down; an engine
+  passed in belongs to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import zhangfang
+from zhangfang.config import Settings, get_settings
+from zhangfang.db.engine import create_engine
+from zhangfang.errors import ZhangfangError
+from zhangfang.ledger import api as ledger_api
+from zhangfang.ledger.schemas import ErrorResponse
+
+logger = logging.getLogger("zhangfang.api")
+
+STATUS_BY_KIND = {
+    "invalid_input": 422,
+    "not_found": 404,
+    "conflict": 409,
+    "rejected": 422,
+    "unauthorized": 401,
+}
+LOCATION_SOURCES = {"body", "query", "path", "header", "cookie"}
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    if details:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status_code, headers=headers)
+
+
+def _dotted(location: Sequence[Any]) -> str:
+    """``("body", "legs", 0, "amount")`` → ``legs.0.amount``; the source alone if nothing follows it."""
+    parts = list(location)
+    if len(parts) > 1 and parts[0] in LOCATION_SOURCES:
+        parts = parts[1:]
+    return ".".join(str(part) for part in parts)
+
+
+async def _domain_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ZhangfangError)
+    status_code = STATUS_BY_KIND.get(error.kind, 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None
+    return JSONResponse({"error": error.to_dict()}, status_code=status_code, headers=headers)
+
+
+def _problem(problem: Any) -> dict[str, str]:
+    """One pydantic error as ``{"field", "message", "type"}``, with the field dotted."""
+    message = str(problem.get("msg", "invalid"))
+    location = list(problem.get("loc", ()))
+    if problem.get("type") == "json_invalid":
+        # Located at ("body", <character offset>): name the body, say the offset in the message.
+        reason = (problem.get("ctx") or {}).get("error")
+        offset = f" at character {location[1]}" if len(location) > 1 else ""
+        return {"field": "body", "message": f"{message}{offset}: {reason}", "type": "json_invalid"}
+    return {"field": _dotted(location), "message": message, "type": str(problem.get("type"))}
+
+
+async def _request_invalid(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = [_problem(problem) for problem in error.errors()]
+    first = problems[0] if problems else {"field": "", "message": "request invalid"}
+    return error_response(
+        422,
+        "request_invalid",
+        first["message"],
+        field=first["field"] or None,
+        details={"errors": problems},
+    )
+
+
+async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    code = {404: "route_not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return error_response(error.status_code, code, str(error.detail), headers=error.headers)
+
+
+class InternalErrorMiddleware:
+    """Turns an unexpected exception into a 500 in the error shape, and logs it with its traceback.
+
+    A plain ASGI middleware rather than an ``Exception`` handler: Starlette re-raises
+    after running such a handler, so the server would log every failure twice.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await error_response(500, "internal_error", "internal error")(scope, receive, send)
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    database: Literal["sqlite", "postgresql"]
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Returns the API application on ``engine`` (created from ``settings`` when not given)."""
+    settings = settings or get_settings()
+    if not settings.admin_api_key:
+        raise RuntimeError(
+            "zhangfang's API needs an admin key: set ZHANGFANG_ADMIN_API_KEY "
+            "(or Settings(admin_api_key=...)); the server does not start without one"
+        )
+    owns_engine = engine is None
+    if engine is None:
+        engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_engine:
+            engine.dispose()
+
+    app = FastAPI(
+        title="zhangfang (账房)",
+        version=zhangfang.__version__,
+        description=(
+            "The money core: accounts, balanced journal entries, holds, day-end. "
+            "Amounts are integers in the currency's minor unit (fen for CNY). "
+            'Every error is `{"error": {"code", "message", "field"?, "details"?}}` with a stable code.'
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+
+    app.add_exception_handler(ZhangfangError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_middleware(InternalErrorMiddleware)
+
+    @app.get(
+        "/healthz",
+        response_model=HealthOut,
+        tags=["health"],
+        summary="Liveness and database check",
+        responses={503: {"model": ErrorResponse, "description": "the database does not answer"}},
+    )
+    def healthz(request: Request) -> Any:
+        db: Engine = request.app.state.engine
+        try:
+            with db.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError:
+            logger.exception("health check: database does not answer")
+            return error_response(503, "database_unavailable", "the database does not answer")
+        return HealthOut(status="ok", database=db.dialect.name)  # type: ignore[arg-type]
+
+    app.include_router(ledger_api.router)
+    return app
