@@ -29,8 +29,8 @@ from sqlalchemy.engine import Connection, Engine
 from zhangfang.api.deps import AdminRoute, get_engine, get_settings, require_admin
 from zhangfang.config import Settings
 from zhangfang.db.uow import run_in_transaction
-from zhangfang.errors import InvalidInput
 from zhangfang.ledger import service as ledger
+from zhangfang.ledger.errors import DateRangeInvalid, IdempotencyKeyMismatch
 from zhangfang.ledger.models import AccountRequest, EntryRequest, EntryResult, Leg
 from zhangfang.ledger.schemas import (
     AccountBalanceOut,
@@ -64,18 +64,6 @@ from zhangfang.ledger.schemas import (
 
 HISTORY_DAYS_DEFAULT = 31
 HISTORY_DAYS_MAX = 366
-
-
-class IdempotencyKeyMismatch(InvalidInput):
-    """The body's ``idempotency_key`` and the ``Idempotency-Key`` header name different keys."""
-
-    code = "idempotency_key_mismatch"
-
-
-class DateRangeInvalid(InvalidInput):
-    """``date_from`` after ``date_to``, or a range longer than ``HISTORY_DAYS_MAX`` days."""
-
-    code = "date_range_invalid"
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

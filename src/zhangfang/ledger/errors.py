@@ -172,3 +172,21 @@ class EntryAlreadyReversed(Conflict):
 
 class AccountRefInvalid(InvalidInput):
     code = "account_ref_invalid"
+
+
+class TimeZoneMissing(InvalidInput):
+    """Times are instants: they carry a time zone offset, and are stored in UTC."""
+
+    code = "time_zone_missing"
+
+
+class IdempotencyKeyMismatch(InvalidInput):
+    """The body's ``idempotency_key`` and the ``Idempotency-Key`` header name different keys."""
+
+    code = "idempotency_key_mismatch"
+
+
+class DateRangeInvalid(InvalidInput):
+    """``date_from`` after ``date_to``, or a range longer than the API allows at once."""
+
+    code = "date_range_invalid"

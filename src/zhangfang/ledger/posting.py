@@ -154,7 +154,7 @@ def post_planned(
     the details) and nothing is written. Inputs that are already errors (refused
     by stateless validation) are passed through, or raised when atomic.
     """
-    now = now or dt.datetime.now(dt.UTC)
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     results: list[EntryResult | ZhangfangError | None] = [None] * len(planned)
 
     def refuse(index: int, error: ZhangfangError) -> None:
@@ -431,14 +431,14 @@ def _check_against_state(
     entry_deltas: dict[int, _Delta] = defaultdict(_Delta)
     for position, leg in enumerate(item.legs):
         state = states.get(leg.account)
-        field_name = f"legs[{position}].account"
+        field_name = f"legs.{position}.account"
         if state is None:
             return errors.AccountNotFound(f"account {leg.account} does not exist", field=field_name), {}
         if state.currency != leg.currency:
             return (
                 errors.AccountCurrencyMismatch(
                     f"account {leg.account} holds {state.currency}, not {leg.currency}",
-                    field=f"legs[{position}].currency",
+                    field=f"legs.{position}.currency",
                     account=leg.account,
                 ),
                 {},
@@ -461,7 +461,7 @@ def _check_against_state(
             return (
                 errors.DebitsExceedCredits(
                     f"account {leg.account} does not have enough available funds for this entry",
-                    field=f"legs[{position}].amount",
+                    field=f"legs.{position}.amount",
                     account=leg.account,
                     available=_available_before(state, batch_deltas.get(state.id)),
                 ),
@@ -471,7 +471,7 @@ def _check_against_state(
             return (
                 errors.CreditsExceedDebits(
                     f"account {leg.account} may not be credited beyond its debits",
-                    field=f"legs[{position}].amount",
+                    field=f"legs.{position}.amount",
                     account=leg.account,
                 ),
                 {},

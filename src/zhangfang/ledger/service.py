@@ -130,6 +130,17 @@ def _check_metadata(metadata: Any) -> dict[str, Any] | None:
     return json.loads(encoded)
 
 
+def _utc_time(value: Any, field: str) -> dt.datetime:
+    """A time zone aware instant, converted to UTC: SQLite keeps the clock time and drops the offset."""
+    if not isinstance(value, dt.datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise errors.TimeZoneMissing(f"{field} must be a time with a time zone (ISO 8601 with offset)", field=field)
+    return value.astimezone(dt.UTC)
+
+
+def _now(now: dt.datetime | None) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) if now is None else _utc_time(now, "now")
+
+
 def _check_amount(amount: Any, field: str) -> int:
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise errors.AmountMustBeInteger("amounts are integers in the currency's minor unit (fen for CNY)", field=field)
@@ -153,7 +164,7 @@ def _check_account_ref(ref: Any, field: str) -> str:
 
 
 def _check_leg(leg: Leg, position: int) -> PlannedLeg:
-    prefix = f"legs[{position}]"
+    prefix = f"legs.{position}"
     account = _check_account_ref(leg.account, f"{prefix}.account")
     amount = _check_amount(leg.amount, f"{prefix}.amount")
     currency = _check_currency(leg.currency, f"{prefix}.currency")
@@ -391,7 +402,7 @@ def post_entry_alone(engine: Engine, *, request: EntryRequest, now: dt.datetime 
     transaction, with retries.
     """
     plan = plan_entry(request)
-    now = now or dt.datetime.now(dt.UTC)
+    now = _now(now)
     if engine.dialect.name == "postgresql" and fits_fast_path(engine, plan):
         try:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -561,6 +572,7 @@ def balance(
     if as_of_entry_id is not None:
         query = query.where(p.c.entry_id <= as_of_entry_id)
     if as_of_time is not None:
+        as_of_time = _utc_time(as_of_time, "as_of_time")
         query = query.join(e, e.c.id == p.c.entry_id).where(e.c.created_at <= as_of_time)
     totals = {"debits_posted": 0, "credits_posted": 0, "debits_pending": 0, "credits_pending": 0}
     for row in conn.execute(query.group_by(p.c.side, p.c.effect)):
@@ -646,7 +658,7 @@ def create_hold(
     now: dt.datetime | None = None,
 ) -> HoldResult:
     """Reserve ``amount`` to move from ``debit_account`` to ``credit_account`` (冻结), checked now."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = _now(now)
     key = _check_key(idempotency_key)
     code = _check_code(business_code, errors.BusinessCodeInvalid, "business_code")
     debit_ref = _check_account_ref(debit_account, "debit_account")
@@ -656,6 +668,8 @@ def create_hold(
     if debit_ref == credit_ref:
         raise errors.HoldAccountsMustDiffer("a hold moves funds between two different accounts", field="credit_account")
     metadata = _check_metadata(metadata)
+    if expires_at is not None:
+        expires_at = _utc_time(expires_at, "expires_at")
     payload = {
         "kind": "hold",
         "business_code": code,
@@ -670,8 +684,8 @@ def create_hold(
     replay = _replayed_hold(conn, key, digest)
     if replay is not None:
         return replay
-    if expires_at is not None and (expires_at.tzinfo is None or expires_at <= now):
-        raise errors.HoldExpiryInPast("expires_at must be a time zone aware time in the future", field="expires_at")
+    if expires_at is not None and expires_at <= now:
+        raise errors.HoldExpiryInPast("expires_at must be in the future", field="expires_at")
     hold_ref = ids.new_id("hld")
     plan = PlannedEntry(
         idempotency_key=key,
@@ -745,7 +759,7 @@ def post_hold(
     now: dt.datetime | None = None,
 ) -> HoldResult:
     """Post a pending hold: move ``amount`` (default: all of it) and release the rest."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = _now(now)
     key = _check_key(idempotency_key)
     if amount is not None:
         amount = _check_amount(amount, "amount")
@@ -787,7 +801,7 @@ def void_hold(
     now: dt.datetime | None = None,
 ) -> HoldResult:
     """Release a pending hold entirely (解冻); nothing moves."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = _now(now)
     key = _check_key(idempotency_key)
     metadata = _check_metadata(metadata)
     digest = request_hash({"kind": "hold_void", "hold": ref, "metadata": metadata})
@@ -811,7 +825,7 @@ def void_hold(
 
 def expire_holds(conn: Connection, *, now: dt.datetime | None = None, limit: int = 1000) -> int:
     """Release holds whose expiry has passed (the expiry job); returns how many it released."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = _now(now)
     due = (
         sa.select(holds.c.id)
         .where(holds.c.state == "pending", holds.c.expires_at <= now)
