@@ -30,6 +30,7 @@ def settings_for(engine: Engine) -> Settings:
         admin_api_key=ADMIN_KEY,
         database_url=engine.url.render_as_string(hide_password=False),
         transaction_age_max_seconds=10,
+        run_jobs_in_server=False,
     )
 
 
@@ -143,7 +144,7 @@ def test_the_key_is_checked_before_the_body_is_read(client: TestClient) -> None:
 
 def test_healthz_reports_a_database_that_does_not_answer_as_503() -> None:
     unreachable = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
-    app = create_app(Settings(admin_api_key=ADMIN_KEY), unreachable)
+    app = create_app(Settings(admin_api_key=ADMIN_KEY, run_jobs_in_server=False), unreachable)
     with TestClient(app) as test_client:
         response = test_client.get("/healthz")
     assert error_of(response, 503)["code"] == "database_unavailable"
@@ -698,3 +699,31 @@ def test_the_chain_reports_unsealed_entries_and_verifies(client: TestClient, boo
         "reason": None,
         "details": {},
     }
+
+
+def test_the_server_runs_the_periodic_jobs_when_asked(engine: Engine) -> None:
+    settings = settings_for(engine).model_copy(update={"run_jobs_in_server": True, "job_interval_seconds": 0.05})
+    with TestClient(create_app(settings, engine), headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client:
+        bank = client.post(
+            f"{LEDGER}/accounts", json={"key": "bank", "ledger_code": "bank", "currency": "CNY", "normal_side": "debit"}
+        ).json()["id"]
+        fee = client.post(
+            f"{LEDGER}/accounts", json={"key": "fee", "ledger_code": "fee", "currency": "CNY", "hot": True}
+        ).json()["id"]
+        posted = client.post(
+            f"{LEDGER}/entries",
+            json={
+                "idempotency_key": "jobs-1",
+                "business_code": "fee",
+                "legs": [
+                    {"account": bank, "side": "debit", "amount": 5, "currency": "CNY"},
+                    {"account": fee, "side": "credit", "amount": 5, "currency": "CNY"},
+                ],
+            },
+        )
+        assert posted.status_code == 201
+        deadline = time.monotonic() + 10
+        while client.get(f"{LEDGER}/chain").json()["unsealed_count"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get(f"{LEDGER}/chain").json()["unsealed_count"] == 0
+        assert client.post(f"{LEDGER}/chain/verify").json()["ok"] is True

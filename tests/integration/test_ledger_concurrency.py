@@ -7,6 +7,7 @@ import random
 from collections import defaultdict
 
 from tests.ledger_helpers import account, bank, open_account, transfer, wallet
+
 from zhangfang.db.engine import create_engine
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import ZhangfangError
@@ -89,9 +90,7 @@ def test_concurrent_writers_never_lose_an_update_or_overdraw(database, engine):
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    processes = [
-        context.Process(target=_worker, args=(database.url, refs, seed, queue)) for seed in range(PROCESSES)
-    ]
+    processes = [context.Process(target=_worker, args=(database.url, refs, seed, queue)) for seed in range(PROCESSES)]
     for process in processes:
         process.start()
     reports = [queue.get(timeout=300) for _ in processes]

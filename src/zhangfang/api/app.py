@@ -33,6 +33,7 @@ import zhangfang
 from zhangfang.config import Settings, get_settings
 from zhangfang.db.engine import create_engine
 from zhangfang.errors import ZhangfangError
+from zhangfang.jobs.periodic import start_in_thread
 from zhangfang.ledger import api as ledger_api
 from zhangfang.ledger.schemas import ErrorResponse
 
@@ -161,7 +162,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The periodic ledger jobs (seal, fold, expire holds, day-end) run beside the API when asked,
+        # so `make run` is one process; production runs `zhangfang worker` separately.
+        jobs = start_in_thread(engine, settings) if settings.run_jobs_in_server else None
         yield
+        if jobs is not None:
+            thread, stop_event = jobs
+            stop_event.set()
+            thread.join(timeout=30)
         if owns_engine:
             engine.dispose()
 

@@ -1,0 +1,170 @@
+"""Periodic ledger maintenance, run in rounds by a worker loop.
+
+Each round runs these jobs in order, each in transactions of its own:
+
+1. seal     ``seal_entries`` until a call seals fewer than its limit: the hash
+            chain catches up with every entry committed so far.
+2. fold     ``fold_hot_accounts``: hot accounts' appended deltas into their rows.
+3. expire   ``expire_holds`` until a call releases fewer than its limit.
+4. day-end  while the ledger's open date is before today in ``settings.timezone``
+            (Asia/Shanghai), ``close_day(open_date)``: a date closes in the first
+            round after its midnight, and dates missed while no worker ran close
+            one after another, oldest first.
+
+Where it runs: ``zhangfang jobs run`` (or ``zhangfang worker``) loops in the
+foreground until SIGTERM/SIGINT; the API server may run the same loop in a
+thread (``start_in_thread``, when ``settings.run_jobs_in_server``).
+
+Guarantees
+- Every job is safe next to writers and next to another worker: sealing locks
+  the chain head row, folding moves each delta once, expiry skips holds another
+  worker has locked, and day-end is idempotent and closes dates in order.
+- A failing job does not stop the other jobs of its round; the round then
+  raises an ``ExceptionGroup`` of the failures. ``run_forever`` logs it and
+  runs the next round after the interval, so a transient failure heals itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Engine
+
+from zhangfang.config import Settings, get_settings
+from zhangfang.db.uow import run_in_transaction
+from zhangfang.ledger import service as ledger
+
+logger = logging.getLogger(__name__)
+
+SEAL_BATCH_SIZE = 5000
+EXPIRE_BATCH_SIZE = 1000
+
+JOB_NAMES = ("sealed", "folded", "expired", "days_closed")
+
+
+def seal(engine: Engine) -> int:
+    """Seal every committed entry; returns how many."""
+    total = 0
+    while True:
+        count = run_in_transaction(engine, lambda conn: ledger.seal_entries(conn, limit=SEAL_BATCH_SIZE))
+        total += count
+        if count < SEAL_BATCH_SIZE:
+            return total
+
+
+def fold(engine: Engine) -> int:
+    """Fold hot accounts' deltas; returns how many deltas."""
+    return run_in_transaction(engine, lambda conn: ledger.fold_hot_accounts(conn))
+
+
+def expire(engine: Engine, *, now: dt.datetime | None = None) -> int:
+    """Release every hold past its expiry; returns how many."""
+    total = 0
+    while True:
+        count = run_in_transaction(engine, lambda conn: ledger.expire_holds(conn, now=now, limit=EXPIRE_BATCH_SIZE))
+        total += count
+        if count < EXPIRE_BATCH_SIZE:
+            return total
+
+
+def close_past_days(engine: Engine, *, today: dt.date, wait_seconds_max: float) -> list[dt.date]:
+    """Close the open date while it is before ``today``; returns the dates closed, in order."""
+    closed: list[dt.date] = []
+    while True:
+        current = run_in_transaction(engine, lambda conn: ledger.open_date(conn), readonly=True)
+        if current >= today:
+            return closed
+        ledger.close_day(engine, accounting_date=current, wait_seconds_max=wait_seconds_max)
+        closed.append(current)
+        following = run_in_transaction(engine, lambda conn: ledger.open_date(conn), readonly=True)
+        assert following > current, f"closing {current} left the open date at {following}"
+
+
+def business_today(settings: Settings, now: dt.datetime | None = None) -> dt.date:
+    """Today's date in the business time zone (Asia/Shanghai)."""
+    return (now or dt.datetime.now(dt.UTC)).astimezone(ZoneInfo(settings.timezone)).date()
+
+
+def run_round(
+    engine: Engine,
+    *,
+    today: dt.date | None = None,
+    now: dt.datetime | None = None,
+    settings: Settings | None = None,
+) -> dict[str, int]:
+    """Run every job once; returns what each did: ``sealed``, ``folded``, ``expired``, ``days_closed``.
+
+    ``now`` (default: the clock) decides which holds have expired and, unless
+    ``today`` is given, today's business date.
+    """
+    settings = settings or get_settings()
+    today = today or business_today(settings, now)
+    wait_seconds_max = float(settings.transaction_age_max_seconds)
+    jobs: dict[str, Callable[[], int]] = {
+        "sealed": lambda: seal(engine),
+        "folded": lambda: fold(engine),
+        "expired": lambda: expire(engine, now=now),
+        "days_closed": lambda: _close_and_log(engine, today, wait_seconds_max),
+    }
+    counts = dict.fromkeys(JOB_NAMES, 0)
+    failures: list[Exception] = []
+    for name, job in jobs.items():
+        try:
+            counts[name] = job()
+        except Exception as error:
+            error.add_note(f"periodic job {name!r} failed")
+            failures.append(error)
+    if failures:
+        raise ExceptionGroup(f"{len(failures)} periodic job(s) failed; the others ran", failures)
+    return counts
+
+
+def _close_and_log(engine: Engine, today: dt.date, wait_seconds_max: float) -> int:
+    closed = close_past_days(engine, today=today, wait_seconds_max=wait_seconds_max)
+    for day in closed:
+        logger.info("day-end: closed accounting date %s", day.isoformat())
+    return len(closed)
+
+
+def run_forever(
+    engine: Engine,
+    *,
+    interval_seconds: float,
+    stop_event: threading.Event,
+    settings: Settings | None = None,
+) -> None:
+    """Run rounds until ``stop_event`` is set, pausing ``interval_seconds`` between them; never dies of a job."""
+    settings = settings or get_settings()
+    logger.info("periodic ledger jobs: running every %ss", interval_seconds)
+    while not stop_event.is_set():
+        try:
+            counts = run_round(engine, settings=settings)
+        except Exception:
+            logger.exception("periodic ledger jobs: a round failed; retrying after the interval")
+        else:
+            if any(counts.values()):
+                logger.info("periodic ledger jobs: %s", counts)
+        stop_event.wait(interval_seconds)
+    logger.info("periodic ledger jobs: stopped")
+
+
+def start_in_thread(engine: Engine, settings: Settings) -> tuple[threading.Thread, threading.Event]:
+    """Run the loop in a daemon thread (inside the API server); set the event and join the thread to stop."""
+    stop_event = threading.Event()
+    thread = threading.Thread(
+        target=run_forever,
+        kwargs={
+            "engine": engine,
+            "interval_seconds": settings.job_interval_seconds,
+            "stop_event": stop_event,
+            "settings": settings,
+        },
+        name="zhangfang-periodic-jobs",
+        daemon=True,
+    )
+    thread.start()
+    return thread, stop_event
