@@ -115,13 +115,13 @@ def run_writers(url: str, pairs: list[tuple[str, str]], count: int, tag: str) ->
 # --------------------------------------------------------------------------- batches and the storage limit
 
 
-def batched(engine, wallets: list[str], batches: int, rng: random.Random) -> float:
+def batched(engine, wallets: list[str], batches: int, rng: random.Random, tag: str) -> float:
     elapsed = 0.0
     for b in range(batches):
         requests = []
         for i in range(BATCH_SIZE):
             debit, credit = rng.sample(wallets, 2)
-            requests.append(transfer(f"batch-{b}-{i}", debit, credit, rng.randint(1, 100)))
+            requests.append(transfer(f"{tag}-{b}-{i}", debit, credit, rng.randint(1, 100)))
         began = time.perf_counter()
         run_in_transaction(engine, lambda conn, r=requests: ledger.post_entries(conn, requests=r))
         elapsed += time.perf_counter() - began
@@ -237,8 +237,8 @@ def bench(kind: str, scale: float, workdir: Path) -> None:
         wallets = open_accounts(engine, "wallet", 200, debits_must_not_exceed_credits=True)
         fund(engine, bank, wallets, 10**12)
         batches = max(2, int(20 * scale))
-        batched(engine, wallets, 1, rng)  # warm up
-        batch_rate = batched(engine, wallets, batches, rng)
+        batched(engine, wallets, 1, rng, "warm")
+        batch_rate = batched(engine, wallets, batches, rng, "batch")
         limit_rate = storage_limit(engine, wallets, batches)
         target = 30_000 if kind == "postgresql" else 60_000
         emit("batched_entries", batch_rate, "entries/s", kind, batch_size=BATCH_SIZE, target=target)

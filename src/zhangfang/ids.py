@@ -23,6 +23,7 @@ Constraints
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
@@ -108,13 +109,14 @@ def _new_ulid() -> str:
     return _encode((timestamp_ms << _RANDOM_BITS) | random_part)
 
 
+# RFC 4648 base32 (what base64.b32encode speaks, in C) translated to Crockford's alphabet.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
+
+
 def _encode(value: int) -> str:
-    chars = []
-    for _ in range(_ULID_LENGTH):
-        value, digit = divmod(value, 32)
-        chars.append(_CROCKFORD[digit])
-    assert value == 0
-    return "".join(reversed(chars))
+    # 20 bytes are 32 base32 characters; the value sits in the low 128 bits, so the first
+    # 6 characters (30 bits) are zeros and the last 26 are the ULID.
+    return base64.b32encode(value.to_bytes(20, "big"))[6:].translate(_TO_CROCKFORD).decode()
 
 
 def _decode(ulid: str) -> int:
