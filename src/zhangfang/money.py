@@ -175,6 +175,21 @@ def currency(code: str) -> Currency:
     return _currency_cached(code)
 
 
+def is_known_currency(code: object) -> bool:
+    """True for a code ``currency`` accepts; a cheap check for hot paths (no exception on success)."""
+    if type(code) is str and code in _KNOWN:
+        return True
+    try:
+        currency(code)  # type: ignore[arg-type]
+    except CurrencyUnknown:
+        return False
+    _KNOWN.add(code)  # type: ignore[arg-type]
+    return True
+
+
+_KNOWN: set[str] = set()
+
+
 @functools.cache  # lru_cache without a bound: there are only a few hundred codes
 def _currency_cached(code: str) -> Currency:
     if code not in _babel_currency_codes():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Side = Literal["debit", "credit"]
 Effect = Literal["posted", "pending", "release"]
@@ -116,8 +116,9 @@ class Account:
     closed_at: dt.datetime | None
 
 
-@dataclass(frozen=True)
-class Posting:
+class Posting(NamedTuple):
+    """One line of an entry as stored: a side, an effect (posted, pending, release) and an amount."""
+
     seq: int
     account: str
     side: str

@@ -164,13 +164,24 @@ def _check_account_ref(ref: Any, field: str) -> str:
 
 
 def _check_leg(leg: Leg, position: int) -> PlannedLeg:
+    # The common case first and cheap: field names are only spelled out for a refusal.
+    account, side, amount, currency = leg.account, leg.side, leg.amount, leg.currency
+    if (
+        type(account) is str
+        and 1 <= len(account) <= 40
+        and type(amount) is int
+        and amount > 0
+        and side in SIDES
+        and money.is_known_currency(currency)
+    ):
+        return PlannedLeg(account, side, "posted", amount, currency)
     prefix = f"legs.{position}"
-    account = _check_account_ref(leg.account, f"{prefix}.account")
-    amount = _check_amount(leg.amount, f"{prefix}.amount")
-    currency = _check_currency(leg.currency, f"{prefix}.currency")
-    if leg.side not in SIDES:
+    account = _check_account_ref(account, f"{prefix}.account")
+    amount = _check_amount(amount, f"{prefix}.amount")
+    currency = _check_currency(currency, f"{prefix}.currency")
+    if side not in SIDES:
         raise errors.SideInvalid("side must be 'debit' or 'credit'", field=f"{prefix}.side")
-    return PlannedLeg(account, leg.side, "posted", amount, currency)
+    raise AssertionError(f"leg {position} passed every check yet was not accepted")  # pragma: no cover
 
 
 def _check_balanced(legs: Sequence[PlannedLeg]) -> None:
@@ -188,9 +199,9 @@ def plan_entry(request: EntryRequest) -> PlannedEntry:
     """Check an entry request without the database; raise the first broken rule, or return the plan."""
     key = _check_key(request.idempotency_key)
     business_code = _check_code(request.business_code, errors.BusinessCodeInvalid, "business_code")
-    if not isinstance(request.legs, Sequence) or len(request.legs) < 2:
+    if not isinstance(request.legs, list | tuple) or len(request.legs) < 2:
         raise errors.PostingsTooFew("an entry needs at least two legs", field="legs")
-    legs = tuple(_check_leg(leg, position) for position, leg in enumerate(request.legs))
+    legs = tuple([_check_leg(leg, position) for position, leg in enumerate(request.legs)])
     _check_balanced(legs)
     metadata = _check_metadata(request.metadata)
     payload = {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,15 +74,37 @@ class EntryRows:
     posting_currency: list[str]
 
 
+def _postgres(conn: Connection, statement: sa.TextClause, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Run a PostgreSQL statement of this module on the transaction's own psycopg connection, binary.
+
+    Binary parameters send the arrays without quoting every element in Python; the statement
+    text stays constant, so psycopg prepares it once per connection.
+    """
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(_pyformat(statement), params, binary=True)
+        return cursor.fetchall() if cursor.description else []
+    finally:
+        cursor.close()
+
+
+_PYFORMAT: dict[int, str] = {}
+
+
+def _pyformat(statement: sa.TextClause) -> str:
+    """``:name`` placeholders of a text() statement as psycopg's ``%(name)b`` (binary)."""
+    key = id(statement)
+    if key not in _PYFORMAT:
+        _PYFORMAT[key] = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)b", statement.text)
+    return _PYFORMAT[key]
+
+
 def existing_entries(conn: Connection, keys: list[str]) -> dict[str, tuple[int, str]]:
     """Entries already stored under these idempotency keys: key -> (id, request hash)."""
     if not keys:
         return {}
     if conn.dialect.name == "postgresql":
-        rows = conn.execute(
-            sa.text("SELECT idempotency_key, id, request_hash FROM ledger_entries WHERE idempotency_key = ANY(:keys)"),
-            {"keys": keys},
-        )
+        rows = _postgres(conn, _EXISTING_POSTGRES, {"keys": keys})
     else:
         rows = conn.execute(
             sa.text(
@@ -92,17 +115,21 @@ def existing_entries(conn: Connection, keys: list[str]) -> dict[str, tuple[int, 
     return {key: (entry_id, digest) for key, entry_id, digest in rows}
 
 
+_EXISTING_POSTGRES = sa.text(
+    "SELECT idempotency_key, id, request_hash FROM ledger_entries WHERE idempotency_key = ANY(CAST(:keys AS text[]))"
+)
+
 _LOCK_POSTGRES = sa.text(
     f"""
 WITH locked AS MATERIALIZED (
   SELECT {_STATE_COLUMNS} FROM ledger_accounts
-  WHERE ref = ANY(:refs) AND NOT hot
+  WHERE ref = ANY(CAST(:refs AS text[])) AND NOT hot
   ORDER BY id
   FOR UPDATE
 )
 SELECT * FROM locked
 UNION ALL
-SELECT {_STATE_COLUMNS} FROM ledger_accounts WHERE ref = ANY(:refs) AND hot
+SELECT {_STATE_COLUMNS} FROM ledger_accounts WHERE ref = ANY(CAST(:refs AS text[])) AND hot
 """
 )
 # Materialized: inlined, PostgreSQL would hand back the row as of the statement's snapshot
@@ -117,8 +144,11 @@ def lock_accounts(conn: Connection, refs: list[str]) -> dict[str, AccountState]:
     """The batch's accounts, every non-hot one locked (in ascending id order, so writers never deadlock)."""
     if not refs:
         return {}
-    statement = _LOCK_POSTGRES if conn.dialect.name == "postgresql" else _READ_SQLITE
-    return {row[1]: AccountState(row) for row in conn.execute(statement, {"refs": refs})}
+    if conn.dialect.name == "postgresql":
+        rows = _postgres(conn, _LOCK_POSTGRES, {"refs": refs})
+    else:
+        rows = conn.execute(_READ_SQLITE, {"refs": refs}).all()
+    return {row[1]: AccountState(row) for row in rows}
 
 
 def open_date(conn: Connection) -> dt.date:
@@ -204,7 +234,8 @@ def _columns(rows: list[tuple[int, int, int, int, int]], prefix: str) -> dict[st
 def _write_postgres(
     conn: Connection, rows: EntryRows, states: Sequence[AccountState], now: dt.datetime
 ) -> tuple[list[int], dt.date]:
-    result = conn.execute(
+    result = _postgres(
+        conn,
         _WRITE_POSTGRES,
         {
             "refs": rows.refs,
@@ -227,7 +258,7 @@ def _write_postgres(
             **_columns(_changes(states, hot=False), "u"),
             **_columns(_changes(states, hot=True), "h"),
         },
-    ).all()
+    )
     if len(result) != len(rows.refs):
         # Another transaction committed one of these keys after we looked: decide again on fresh state.
         raise RetryableConflict("idempotency key committed concurrently")
