@@ -320,10 +320,10 @@ def fits_fast_path(conn: Connection | Engine, item: PlannedEntry | ZhangfangErro
     )
 
 
-def post_one_postgres(conn: Connection, item: PlannedEntry, now: dt.datetime) -> Entry | None:
-    """PostgreSQL's one-round-trip path for a single plain entry; None when it did not write."""
+def post_one_postgres(engine: Engine, item: PlannedEntry, now: dt.datetime) -> Entry | None:
+    """PostgreSQL's one-round-trip path for a single plain entry, its own transaction; None if declined."""
     assert_balanced(item.legs)
-    written = storage.post_one_postgres(conn, item, now)
+    written = storage.post_one_postgres(engine, item, now)
     if written is None:
         return None
     return _entry_from_plan(item, written[0], written[1], now)

@@ -31,7 +31,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
 from zhangfang import ids, money
 from zhangfang.db.uow import run_in_transaction
@@ -414,13 +413,8 @@ def post_entry_alone(engine: Engine, *, request: EntryRequest, now: dt.datetime 
     """
     plan = plan_entry(request)
     now = _now(now)
-    if engine.dialect.name == "postgresql" and fits_fast_path(engine, plan):
-        try:
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                entry = post_one_postgres(conn, plan, now)
-        except IntegrityError:
-            # A balance constraint refused the statement, so it wrote nothing; the general path explains.
-            entry = None
+    if fits_fast_path(engine, plan):
+        entry = post_one_postgres(engine, plan, now)
         if entry is not None:
             return EntryResult(entry=entry)
 

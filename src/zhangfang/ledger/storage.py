@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from psycopg.errors import CheckViolation
+from sqlalchemy.engine import Connection, Engine
 
 from zhangfang.db.uow import RetryableConflict
 
@@ -416,24 +417,39 @@ SELECT id, accounting_date FROM entry
 )
 
 
-def post_one_postgres(conn: Connection, item: Any, now: dt.datetime) -> tuple[int, dt.date] | None:
-    """Run the one-statement path for a single plain entry: (entry id, accounting date), or None if declined."""
+def post_one_postgres(engine: Engine, item: Any, now: dt.datetime) -> tuple[int, dt.date] | None:
+    """Run the one-statement path for a single plain entry, as its own transaction (autocommit).
+
+    Returns (entry id, accounting date), or None when the statement declined to write — or when
+    a balance CHECK constraint refused it, which rolls the statement back all the same.
+    """
     legs = item.legs
-    row = conn.execute(
-        _FAST_POST_SQL,
-        {
-            "refs": [leg.account for leg in legs],
-            "sides": [leg.side for leg in legs],
-            "effects": [leg.effect for leg in legs],
-            "amounts": [leg.amount for leg in legs],
-            "currencies": [leg.currency for leg in legs],
-            "key": item.idempotency_key,
-            "ref": item.ref,
-            "request_hash": item.request_hash,
-            "kind": item.kind,
-            "business_code": item.business_code,
-            "metadata": json.dumps(item.metadata, sort_keys=True) if item.metadata is not None else None,
-            "created_at": now,
-        },
-    ).first()
-    return None if row is None else (row.id, row.accounting_date)
+    params = {
+        "refs": [leg.account for leg in legs],
+        "sides": [leg.side for leg in legs],
+        "effects": [leg.effect for leg in legs],
+        "amounts": [leg.amount for leg in legs],
+        "currencies": [leg.currency for leg in legs],
+        "key": item.idempotency_key,
+        "ref": item.ref,
+        "request_hash": item.request_hash,
+        "kind": item.kind,
+        "business_code": item.business_code,
+        "metadata": json.dumps(item.metadata, sort_keys=True) if item.metadata is not None else None,
+        "created_at": now,
+    }
+    pooled = engine.raw_connection()
+    try:
+        driver = pooled.driver_connection
+        driver.autocommit = True  # the statement is the transaction: one round trip, commit included
+        try:
+            with driver.cursor() as cursor:
+                cursor.execute(_pyformat(_FAST_POST_SQL), params, binary=True)
+                row = cursor.fetchone()
+        except CheckViolation:
+            return None
+        finally:
+            driver.autocommit = False
+    finally:
+        pooled.close()
+    return None if row is None else (row[0], row[1])
