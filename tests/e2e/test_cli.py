@@ -43,7 +43,7 @@ def as_json(result) -> dict:
 
 
 def create_account(cli, key: str, *flags: str) -> str:
-    return as_json(cli("ledger", "accounts", "create", "--key", key, "--ledger-code", "test", *flags, "--json"))["ref"]
+    return as_json(cli("ledger", "accounts", "create", "--key", key, "--ledger-code", "test", *flags, "--json"))["id"]
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_accounts_are_created_idempotently_shown_and_listed(cli):
         )
     )  # fmt: skip
     assert first["created"] is True
-    assert first["debits_must_not_exceed_credits"] is True
+    assert first["flags"]["debits_must_not_exceed_credits"] is True
     assert first["normal_side"] == "credit" and first["currency"] == "CNY"
     again = as_json(
         cli(
@@ -104,24 +104,24 @@ def test_accounts_are_created_idempotently_shown_and_listed(cli):
             "--owner-ref", "user:bob", "--no-overdraft", "--json",
         )
     )  # fmt: skip
-    assert again["created"] is False and again["ref"] == first["ref"]
+    assert again["created"] is False and again["id"] == first["id"]
     hot = create_account(cli, "fees", "--hot")
 
-    shown = as_json(cli("ledger", "accounts", "show", first["ref"], "--json"))
+    shown = as_json(cli("ledger", "accounts", "show", first["id"], "--json"))
     assert shown["owner_ref"] == "user:bob" and shown["balance"]["posted"] == 0
-    assert first["ref"] in cli("ledger", "accounts", "show", first["ref"]).stdout
+    assert first["id"] in cli("ledger", "accounts", "show", first["id"]).stdout
 
     listed = as_json(cli("ledger", "accounts", "list", "--json"))
-    assert [item["ref"] for item in listed["items"]] == [first["ref"], hot]
-    assert listed["items"][1]["hot"] is True
+    assert [item["id"] for item in listed["items"]] == [first["id"], hot]
+    assert listed["items"][1]["flags"]["hot"] is True
     table = cli("ledger", "accounts", "list").stdout
-    assert first["ref"] in table and hot in table
+    assert first["id"] in table and hot in table
 
 
 def test_an_account_with_a_zero_balance_can_be_closed(cli):
     ref = create_account(cli, "empty")
     closed = as_json(cli("ledger", "accounts", "close", ref, "--json"))
-    assert closed["closed"] is True and closed["closed_at"]
+    assert closed["flags"]["closed"] is True and closed["closed_at"]
 
 
 # --------------------------------------------------------------------------- entries
@@ -145,14 +145,14 @@ def test_post_takes_major_units_and_balance_json_shows_minor_units(cli, bank_and
         cli("ledger", "post", "--key", "topup:1", "--code", "wallet_topup",
             "--debit", f"{bank}:12.34", "--credit", f"{wallet}:12.34", "--json")
     )  # fmt: skip
-    assert replay["replayed"] is True and replay["ref"] == posted["ref"]
+    assert replay["replayed"] is True and replay["id"] == posted["id"]
     assert as_json(cli("ledger", "balance", wallet, "--json"))["posted"] == 1234
 
-    as_of = as_json(cli("ledger", "balance", wallet, "--as-of-entry", posted["ref"], "--json"))
+    as_of = as_json(cli("ledger", "balance", wallet, "--as-of-entry", posted["id"], "--json"))
     assert as_of["posted"] == 1234
     statement = as_json(cli("ledger", "statement", wallet, "--json"))
     assert [(i["entry"], i["amount"], i["posted_balance_after"]) for i in statement["items"]] == [
-        (posted["ref"], 1234, 1234)
+        (posted["id"], 1234, 1234)
     ]
 
 
@@ -222,10 +222,10 @@ def test_an_entry_is_reversed_once(cli, bank_and_wallet):
         cli("ledger", "post", "--key", "t1", "--code", "topup", "--debit", f"{bank}:8", "--credit", f"{wallet}:8",
             "--json")
     )  # fmt: skip
-    reversal = as_json(cli("ledger", "reverse", entry["ref"], "--json"))
-    assert reversal["kind"] == "reversal" and reversal["reverses"] == entry["ref"]
+    reversal = as_json(cli("ledger", "reverse", entry["id"], "--json"))
+    assert reversal["kind"] == "reversal" and reversal["reverses"] == entry["id"]
     assert as_json(cli("ledger", "balance", wallet, "--json"))["posted"] == 0
-    again = cli("ledger", "reverse", entry["ref"], "--key", "another-key", expect=2)
+    again = cli("ledger", "reverse", entry["id"], "--key", "another-key", expect=2)
     assert again.stderr.startswith("error: entry_already_reversed: ")
 
 
@@ -245,21 +245,21 @@ def test_holds_are_created_posted_in_part_and_voided(cli, bank_and_wallet):
     assert hold["expires_at"].startswith("2998-12-31T16:00:00")  # read in Asia/Shanghai
     assert as_json(cli("ledger", "balance", wallet, "--json"))["available"] == 4000
 
-    posted = as_json(cli("ledger", "hold", "post", hold["ref"], "--amount", "45", "--json"))
+    posted = as_json(cli("ledger", "hold", "post", hold["id"], "--amount", "45", "--json"))
     assert posted["state"] == "posted" and posted["posted_amount"] == 4500
     balance = as_json(cli("ledger", "balance", wallet, "--json"))
     assert (balance["posted"], balance["available"]) == (5500, 5500)
-    again = cli("ledger", "hold", "void", hold["ref"], expect=2)
+    again = cli("ledger", "hold", "void", hold["id"], expect=2)
     assert again.stderr.startswith("error: hold_already_resolved: ")
 
     second = as_json(
         cli("ledger", "hold", "create", "--key", "h2", "--debit", wallet, "--credit", merchant,
             "--amount", "10", "--code", "preauth", "--json")
     )  # fmt: skip
-    assert as_json(cli("ledger", "hold", "void", second["ref"], "--json"))["state"] == "voided"
-    assert as_json(cli("ledger", "hold", "show", second["ref"], "--json"))["state"] == "voided"
+    assert as_json(cli("ledger", "hold", "void", second["id"], "--json"))["state"] == "voided"
+    assert as_json(cli("ledger", "hold", "show", second["id"], "--json"))["state"] == "voided"
     assert as_json(cli("ledger", "balance", wallet, "--json"))["available"] == 5500
-    assert "voided" in cli("ledger", "hold", "show", second["ref"]).stdout
+    assert "voided" in cli("ledger", "hold", "show", second["id"]).stdout
 
 
 def test_a_hold_beyond_the_available_balance_is_refused(cli, bank_and_wallet):
@@ -342,7 +342,7 @@ def test_day_end_closes_the_open_date_and_lists_it(cli, bank_and_wallet):
     assert cli("ledger", "day-end", "--date", "yesterday", expect=2).stderr.startswith("error: date_invalid: ")
 
     listed = as_json(cli("ledger", "day-end", "list", "--json"))
-    assert [item["accounting_date"] for item in listed["items"]] == [open_date]
+    assert [item["accounting_date"] for item in listed["closes"]] == [open_date]
     assert listed["open_date"] > open_date
     history = as_json(cli("ledger", "history", wallet, "--from", open_date, "--to", open_date, "--json"))
     assert [(i["accounting_date"], i["posted"]) for i in history["items"]] == [(open_date, 700)]

@@ -46,6 +46,7 @@ from zhangfang.ledger.models import (
     Hold,
     Leg,
 )
+from zhangfang.ledger.schemas import AccountOut, DayCloseOut, EntryOut, HoldOut
 
 SEAL_BATCH_SIZE = 5000
 
@@ -128,75 +129,20 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
 
 
 def account_json(account: Account) -> dict[str, Any]:
-    return {
-        "ref": account.ref,
-        "key": account.key,
-        "ledger_code": account.ledger_code,
-        "currency": account.currency,
-        "owner_ref": account.owner_ref,
-        "normal_side": account.normal_side,
-        "debits_must_not_exceed_credits": account.debits_must_not_exceed_credits,
-        "credits_must_not_exceed_debits": account.credits_must_not_exceed_debits,
-        "hot": account.hot,
-        "closed": account.closed,
-        "balance": account.balance.as_dict(),
-        "metadata": account.metadata,
-        "created_at": account.created_at,
-        "closed_at": account.closed_at,
-    }
+    """The same JSON the HTTP API answers (``ledger.schemas``), so scripts can use either."""
+    return AccountOut.of(account).model_dump(mode="json")
 
 
 def entry_json(entry: Entry) -> dict[str, Any]:
-    return {
-        "ref": entry.ref,
-        "idempotency_key": entry.idempotency_key,
-        "kind": entry.kind,
-        "business_code": entry.business_code,
-        "accounting_date": entry.accounting_date,
-        "metadata": entry.metadata,
-        "reverses": entry.reverses,
-        "hold": entry.hold,
-        "seal_seq": entry.seal_seq,
-        "created_at": entry.created_at,
-        "postings": [
-            {
-                "account": p.account,
-                "side": p.side,
-                "effect": p.effect,
-                "amount": p.amount,
-                "currency": p.currency,
-            }
-            for p in entry.postings
-        ],
-    }
+    return EntryOut.of(entry).model_dump(mode="json")
 
 
 def hold_json(hold: Hold) -> dict[str, Any]:
-    return {
-        "ref": hold.ref,
-        "debit_account": hold.debit_account,
-        "credit_account": hold.credit_account,
-        "amount": hold.amount,
-        "currency": hold.currency,
-        "state": hold.state,
-        "expires_at": hold.expires_at,
-        "posted_amount": hold.posted_amount,
-        "entry": hold.entry,
-        "resolving_entry": hold.resolving_entry,
-        "created_at": hold.created_at,
-        "resolved_at": hold.resolved_at,
-    }
+    return HoldOut.of(hold).model_dump(mode="json")
 
 
 def day_close_json(close: DayClose) -> dict[str, Any]:
-    return {
-        "accounting_date": close.accounting_date,
-        "state": close.state,
-        "switched_at": close.switched_at,
-        "closed_at": close.closed_at,
-        "entry_count": close.entry_count,
-        "account_count": close.account_count,
-    }
+    return DayCloseOut.of(close).model_dump(mode="json")
 
 
 def _major(amount: int, currency: str) -> str:
@@ -834,7 +780,7 @@ def day_end_list(
 
     closes, open_date = run_in_transaction(get_state(ctx).engine, work, readonly=True)
     if as_json:
-        print_json({"open_date": open_date, "items": [day_close_json(c) for c in closes]})
+        print_json({"open_date": open_date, "closes": [day_close_json(c) for c in closes]})
         return
     print_day_closes(closes)
     console().print(f"open accounting date: {open_date.isoformat()}")
