@@ -412,3 +412,10 @@ def test_the_worker_stops_cleanly_on_sigterm(sqlite_template, tmp_path):
             process.kill()
     assert process.returncode == 0, stderr
     assert "SIGTERM: stopping after this round" in stderr and "stopped" in stderr
+
+
+def test_keys_are_printed_as_given_without_emoji_or_markup(cli, bank_and_wallet):
+    bank, wallet = bank_and_wallet
+    out = cli("ledger", "post", "--key", "gift:1:[red]x", "--code", "t", "--debit", f"{bank}:1",
+              "--credit", f"{wallet}:1").stdout  # fmt: skip
+    assert "gift:1:[red]x" in out

@@ -70,12 +70,16 @@ def get_state(ctx: typer.Context) -> CliState:
     return root.obj
 
 
+# Keys, codes and metadata are the caller's text: Rich must print them as they are, so no markup
+# ("[red]") and no emoji shortcodes (a key "gift:1:x" would otherwise show a 🎁).
 def console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else WIDTH_NOT_A_TERMINAL, highlight=False)
+    width = None if sys.stdout.isatty() else WIDTH_NOT_A_TERMINAL
+    return Console(width=width, highlight=False, markup=False, emoji=False)
 
 
 def err_console() -> Console:
-    return Console(stderr=True, width=None if sys.stderr.isatty() else WIDTH_NOT_A_TERMINAL)
+    width = None if sys.stderr.isatty() else WIDTH_NOT_A_TERMINAL
+    return Console(stderr=True, width=width, highlight=False, markup=False, emoji=False)
 
 
 def _json_default(value: Any) -> Any:
