@@ -83,6 +83,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.refs: dict[str, str] = {}
         self.expected: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.expired_seen: set[str] = set()
+        self.posted_requests: list[EntryRequest] = []
 
     def teardown(self):
         self.engine.dispose()
@@ -123,8 +124,9 @@ class LedgerMachine(RuleBasedStateMachine):
         legs=legs_strategy,
         balance_it=st.booleans(),
         currency=st.sampled_from(["CNY", "CNY", "USD"]),
+        alone=st.booleans(),
     )
-    def post_entry(self, key, legs, balance_it, currency):
+    def post_entry(self, key, legs, balance_it, currency, alone):
         built = [Leg(self.refs[name], side, amount, currency) for name, side, amount in legs]
         if balance_it:
             net = sum(leg.amount if leg.side == "debit" else -leg.amount for leg in built)
@@ -134,14 +136,30 @@ class LedgerMachine(RuleBasedStateMachine):
         request = EntryRequest(idempotency_key=key, business_code="prop", legs=tuple(built))
         before = snapshot(self.engine)
         try:
-            result = self.run(lambda conn: ledger.post_entry(conn, request=request))
+            if alone:  # its own transaction: on PostgreSQL the one-statement fast path
+                result = ledger.post_entry_alone(self.engine, request=request)
+            else:
+                result = self.run(lambda conn: ledger.post_entry(conn, request=request))
         except ZhangfangError:
             assert snapshot(self.engine) == before
             return None
         if result.replayed:
             assert snapshot(self.engine) == before
+        else:
+            self.posted_requests.append(request)
         self.record(result)
         return result.entry.ref
+
+    @rule(data=st.data())
+    def replay_an_accepted_entry(self, data):
+        if not self.posted_requests:
+            return
+        request = data.draw(st.sampled_from(self.posted_requests))
+        before = snapshot(self.engine)
+        result = self.run(lambda conn: ledger.post_entry(conn, request=request))
+        assert result.replayed
+        assert result.entry.idempotency_key == request.idempotency_key
+        assert snapshot(self.engine) == before
 
     @rule(
         requests=st.lists(st.tuples(st.sampled_from(KEYS), legs_strategy), min_size=1, max_size=5),
