@@ -2,23 +2,27 @@
 
 When a request breaks several rules, the first one in this list is reported
 (stateless checks before stateful ones, so the same bad request always gets the
-same code whatever the database holds):
+same code whatever the database holds). Legs are checked one after another,
+each through rules 4-8, so a bad first leg is reported before a bad second one:
 
  1. ``idempotency_key_invalid``       key empty, too long or not printable ASCII
  2. ``business_code_invalid``         business code empty or too long
- 3. ``postings_too_few``              an entry needs at least two postings
- 4. ``amount_must_be_integer``        amounts are integers of the minor unit
- 5. ``amount_must_be_positive``       zero and negative amounts are refused
- 6. ``currency_unknown``              not an ISO 4217 code (from ``money``)
- 7. ``side_invalid``                  side is ``debit`` or ``credit``
- 8. ``entry_must_balance``            per currency, debits must equal credits
- 9. ``idempotency_key_conflict``      the key was used for a different request
-10. ``account_not_found``             a posting names an unknown account
-11. ``account_currency_mismatch``     posting currency differs from the account's
-12. ``account_closed``                the account is closed
-13. ``debits_exceed_credits``         would break ``debits_must_not_exceed_credits``
-14. ``credits_exceed_debits``         would break ``credits_must_not_exceed_debits``
+ 3. ``postings_too_few``              an entry needs at least two legs
+ 4. ``account_ref_invalid``           an account id is 1 to 40 characters
+ 5. ``amount_must_be_integer``        amounts are integers of the minor unit
+ 6. ``amount_must_be_positive``       zero and negative amounts are refused
+ 7. ``currency_unknown``              not an ISO 4217 code (from ``money``)
+ 8. ``side_invalid``                  side is ``debit`` or ``credit``
+ 9. ``entry_must_balance``            per currency, debits must equal credits
+10. ``metadata_invalid``              metadata is a JSON object of at most 4 KiB
+11. ``idempotency_key_conflict``      the key was used for a different request
+12. ``account_not_found``             a posting names an unknown account
+13. ``account_currency_mismatch``     posting currency differs from the account's
+14. ``account_closed``                the account is closed
+15. ``debits_exceed_credits``         would break ``debits_must_not_exceed_credits``
+16. ``credits_exceed_debits``         would break ``credits_must_not_exceed_debits``
 
+Rules 12-16 are checked leg by leg too (12-14 for every leg before 15-16).
 Holds, reversals, accounts and day-end add their own, each named after its rule.
 """
 
