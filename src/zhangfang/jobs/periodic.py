@@ -103,7 +103,7 @@ def run_round(
     """
     settings = settings or get_settings()
     today = today or business_today(settings, now)
-    wait_seconds_max = float(settings.transaction_age_max_seconds)
+    wait_seconds_max = settings.transaction_age_max_seconds
     jobs: dict[str, Callable[[], int]] = {
         "sealed": lambda: seal(engine),
         "folded": lambda: fold(engine),

@@ -759,7 +759,7 @@ def day_end_command(
     close = ledger.close_day(
         engine,
         accounting_date=accounting_date,
-        wait_seconds_max=float(state.settings.transaction_age_max_seconds),
+        wait_seconds_max=state.settings.transaction_age_max_seconds,
     )
     if as_json:
         print_json(day_close_json(close))
