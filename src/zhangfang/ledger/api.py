@@ -89,12 +89,6 @@ router = APIRouter(
 )
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(dt.UTC)
-
-
 def _entry_request(body: BatchEntryIn | EntryIn, idempotency_key: str | None) -> EntryRequest:
     return EntryRequest(
         idempotency_key=idempotency_key,  # type: ignore[arg-type]  # None is refused by the service
@@ -178,7 +172,7 @@ def account_balance(
 ) -> AccountBalanceOut:
     balance = run_in_transaction(
         engine,
-        lambda conn: ledger.balance(conn, ref=ref, as_of_entry=as_of_entry, as_of_time=_utc(as_of_time)),
+        lambda conn: ledger.balance(conn, ref=ref, as_of_entry=as_of_entry, as_of_time=as_of_time),
         readonly=True,
     )
     return AccountBalanceOut(account=ref, as_of_entry=as_of_entry, as_of_time=as_of_time, **balance.as_dict())
@@ -339,7 +333,7 @@ def create_hold(body: HoldIn, response: Response, engine: Engine = Depends(get_e
             amount=body.amount,
             currency=body.currency,
             business_code=body.business_code,
-            expires_at=_utc(body.expires_at),
+            expires_at=body.expires_at,
             metadata=body.metadata,
         ),
     )

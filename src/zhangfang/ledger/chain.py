@@ -34,10 +34,6 @@ from zhangfang.ledger.tables import chain_head, journal_entries, postings
 GENESIS_SEAL = sha256_hex("zhangfang ledger genesis")
 
 
-def _utc_iso(value: dt.datetime) -> str:
-    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).isoformat()
-
-
 def content_hash(entry: Any, entry_postings: Sequence[Any]) -> str:
     """Hash of an entry as stored: every column that says what happened, and its postings."""
     content = {
@@ -50,7 +46,7 @@ def content_hash(entry: Any, entry_postings: Sequence[Any]) -> str:
         "metadata": entry.metadata,
         "reverses_entry_id": entry.reverses_entry_id,
         "hold_id": entry.hold_id,
-        "created_at": _utc_iso(entry.created_at),
+        "created_at": entry.created_at.astimezone(dt.UTC).isoformat(),
         "postings": [[p.seq, p.account_id, p.side, p.effect, p.amount, p.currency] for p in entry_postings],
     }
     return sha256_hex(canonical_json(content))
@@ -104,8 +100,7 @@ def chain_status(conn: Connection, *, now: dt.datetime | None = None) -> ChainSt
     if waiting[1] is not None:
         oldest = conn.execute(sa.select(e.c.ref, e.c.created_at).where(e.c.id == waiting[1])).one()
         oldest_ref = oldest.ref
-        created = oldest.created_at if oldest.created_at.tzinfo else oldest.created_at.replace(tzinfo=dt.UTC)
-        lag = max(0.0, (now - created).total_seconds())
+        lag = max(0.0, (now - oldest.created_at).total_seconds())
     return ChainStatus(sealed_seq=head, unsealed_count=waiting[0], lag_seconds=lag, oldest_unsealed=oldest_ref)
 
 

@@ -51,16 +51,11 @@ def open_date(conn: Connection) -> dt.date:
 
 
 def _close_from_row(row: Any) -> DayClose:
-    def utc(value: dt.datetime | None) -> dt.datetime | None:
-        if value is None:
-            return None
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
     return DayClose(
         accounting_date=row.accounting_date,
         state=row.state,
-        switched_at=utc(row.switched_at),  # type: ignore[arg-type]
-        closed_at=utc(row.closed_at),
+        switched_at=row.switched_at,
+        closed_at=row.closed_at,
         entry_count=row.entry_count,
         account_count=row.account_count,
     )

@@ -368,15 +368,10 @@ def load_entries(conn: Connection, entry_ids: Sequence[int]) -> dict[int, Entry]
             accounting_date=row.accounting_date,
             metadata=row.metadata,
             postings=tuple(by_entry[row.id]),
-            created_at=_utc(row.created_at),
+            created_at=row.created_at,
             reverses=row.reverses_ref,
             hold=row.hold_ref,
             seal_seq=row.seal_seq,
         )
         for row in entry_rows
     }
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

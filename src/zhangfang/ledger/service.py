@@ -331,8 +331,8 @@ def _account_from_row(row: Any) -> Account:
         closed=row.closed,
         balance=balance,
         metadata=row.metadata,
-        created_at=_utc(row.created_at),
-        closed_at=_utc(row.closed_at) if row.closed_at else None,
+        created_at=row.created_at,
+        closed_at=row.closed_at,
     )
 
 
@@ -537,7 +537,7 @@ def account_statement(conn: Connection, *, ref: str, cursor: str | None = None, 
                 "kind": row.kind,
                 "business_code": row.business_code,
                 "accounting_date": row.accounting_date,
-                "created_at": _utc(row.created_at),
+                "created_at": row.created_at,
                 "side": row.side,
                 "effect": row.effect,
                 "amount": row.amount,
@@ -613,12 +613,12 @@ def _hold_from_row(row: Any) -> Hold:
         amount=row.amount,
         currency=row.currency,
         state=row.state,
-        expires_at=_utc(row.expires_at) if row.expires_at else None,
+        expires_at=row.expires_at,
         posted_amount=row.posted_amount,
         entry=row.entry_ref,
         resolving_entry=row.resolving_ref,
-        created_at=_utc(row.created_at),
-        resolved_at=_utc(row.resolved_at) if row.resolved_at else None,
+        created_at=row.created_at,
+        resolved_at=row.resolved_at,
     )
 
 
@@ -742,8 +742,8 @@ def _locked_pending_hold(conn: Connection, ref: str, now: dt.datetime) -> Any:
         raise errors.HoldExpired(f"hold {ref} expired and its funds were released", field="hold")
     if row.state != "pending":
         raise errors.HoldAlreadyResolved(f"hold {ref} is already {row.state}", field="hold", state=row.state)
-    if row.expires_at is not None and _utc(row.expires_at) <= now:
-        raise errors.HoldExpired(f"hold {ref} expired at {_utc(row.expires_at).isoformat()}", field="hold")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise errors.HoldExpired(f"hold {ref} expired at {row.expires_at.isoformat()}", field="hold")
     return row
 
 
@@ -871,7 +871,3 @@ def _decode_cursor(cursor: str) -> int:
     if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 19:
         raise errors.CursorInvalid("cursor must be a value returned as next_cursor", field="cursor")
     return int(cursor)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

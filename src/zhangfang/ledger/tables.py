@@ -27,6 +27,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from zhangfang.db.metadata import BigId, metadata
+from zhangfang.db.types import UtcDateTime
 
 Money = sa.BigInteger  # integer minor units, always
 
@@ -50,8 +51,8 @@ accounts = sa.Table(
     sa.Column("debits_pending", Money, nullable=False, default=0),
     sa.Column("credits_pending", Money, nullable=False, default=0),
     sa.Column("metadata", sa.JSON, nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("closed_at", UtcDateTime, nullable=True),
     sa.CheckConstraint("normal_side IN ('debit', 'credit')", name="normal_side_valid"),
     sa.CheckConstraint(
         "debits_posted >= 0 AND credits_posted >= 0 AND debits_pending >= 0 AND credits_pending >= 0",
@@ -88,7 +89,7 @@ journal_entries = sa.Table(
     sa.Column("metadata", sa.JSON, nullable=True),
     sa.Column("reverses_entry_id", BigId, sa.ForeignKey("ledger_entries.id"), nullable=True),
     sa.Column("hold_id", BigId, nullable=True, comment="the hold this entry creates, posts or releases"),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("seal_seq", sa.BigInteger, nullable=True, unique=True, comment="position in the hash chain"),
     sa.Column("seal", sa.String(64), nullable=True, comment="sha256(previous seal, content hash)"),
     sa.CheckConstraint(
@@ -138,11 +139,11 @@ holds = sa.Table(
     sa.Column("amount", Money, nullable=False),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("state", sa.String(8), nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("expires_at", UtcDateTime, nullable=True),
     sa.Column("posted_amount", Money, nullable=True),
     sa.Column("resolving_entry_id", BigId, sa.ForeignKey("ledger_entries.id"), nullable=True, unique=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("resolved_at", UtcDateTime, nullable=True),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
     sa.CheckConstraint("state IN ('pending', 'posted', 'voided', 'expired')", name="state_valid"),
     sa.CheckConstraint(
@@ -191,8 +192,8 @@ day_closes = sa.Table(
     metadata,
     sa.Column("accounting_date", sa.Date, primary_key=True),
     sa.Column("state", sa.String(10), nullable=False, comment="switched | closed"),
-    sa.Column("switched_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("switched_at", UtcDateTime, nullable=False),
+    sa.Column("closed_at", UtcDateTime, nullable=True),
     sa.Column("entry_count", sa.BigInteger, nullable=True),
     sa.Column("account_count", sa.BigInteger, nullable=True),
     sa.CheckConstraint("state IN ('switched', 'closed')", name="state_valid"),
