@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from zhangfang.cli.main import app, exit_code_for
@@ -419,3 +421,21 @@ def test_keys_are_printed_as_given_without_emoji_or_markup(cli, bank_and_wallet)
     out = cli("ledger", "post", "--key", "gift:1:[red]x", "--code", "t", "--debit", f"{bank}:1",
               "--credit", f"{wallet}:1").stdout  # fmt: skip
     assert "gift:1:[red]x" in out
+
+
+def test_db_upgrade_creates_a_missing_postgresql_database(database):
+    if database.kind != "postgresql":
+        pytest.skip("SQLite creates its file itself")
+    name = f"zf_created_{uuid.uuid4().hex[:8]}"
+    url = make_url(database.url).set(database=name).render_as_string(hide_password=False)
+    try:
+        result = runner.invoke(app, ["--database-url", url, "db", "upgrade"])
+        assert result.exit_code == 0, result.stdout
+        assert f"created database {name}" in result.stdout
+        again = runner.invoke(app, ["--database-url", url, "db", "upgrade"])
+        assert again.exit_code == 0 and "created database" not in again.stdout
+    finally:
+        admin = sa.create_engine(make_url(database.url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

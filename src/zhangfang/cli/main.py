@@ -112,8 +112,10 @@ def db_upgrade(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
-    """Migrate the database to the newest schema (safe to run again)."""
+    """Migrate the database to the newest schema (safe to run again); creates a missing PostgreSQL database."""
     engine = get_state(ctx).engine
+    if migrate.create_database_if_missing(engine):
+        typer.echo(f"created database {engine.url.database}")
     migrate.upgrade(engine, revision)
     typer.echo(f"database at revision {migrate.current_revision(engine)}")
 

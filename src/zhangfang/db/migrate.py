@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
@@ -17,6 +18,28 @@ def alembic_config(url: str | None = None) -> Config:
     if url:
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
+
+
+def create_database_if_missing(engine: Engine) -> bool:
+    """On PostgreSQL, create the engine's database when the server does not have it yet.
+
+    So that ``ZHANGFANG_DATABASE_URL=postgresql+psycopg://…/zhangfang`` is the only change needed
+    to move from SQLite. Returns True when it created the database. SQLite creates its file itself.
+    """
+    if engine.dialect.name != "postgresql":
+        return False
+    name = engine.url.database
+    maintenance = sa.create_engine(engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with maintenance.connect() as conn:
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first()
+            if exists:
+                return False
+            quoted = conn.dialect.identifier_preparer.quote(name)
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        maintenance.dispose()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
