@@ -60,6 +60,7 @@ from zhangfang.ledger.posting import (
     post_one_postgres,
     post_planned,
     request_hash,
+    sha256_hex,
 )
 from zhangfang.ledger.tables import accounts, holds, journal_entries, postings
 
@@ -203,15 +204,12 @@ def plan_entry(request: EntryRequest) -> PlannedEntry:
     legs = tuple([_check_leg(leg, position) for position, leg in enumerate(request.legs)])
     _check_balanced(legs)
     metadata = _check_metadata(request.metadata)
-    payload = {
-        "kind": "entry",
-        "business_code": business_code,
-        "legs": [[leg.account, leg.side, leg.amount, leg.currency] for leg in legs],
-        "metadata": metadata,
-    }
+    # A plain list in a fixed order, dumped by json's cached C encoder: canonical (metadata
+    # comes back from _check_metadata with its keys sorted) and about twice as fast as a dict.
+    payload = ["entry", business_code, [[leg.account, leg.side, leg.amount, leg.currency] for leg in legs], metadata]
     return PlannedEntry(
         idempotency_key=key,
-        request_hash=request_hash(payload),
+        request_hash=sha256_hex(json.dumps(payload)),
         kind="entry",
         business_code=business_code,
         legs=legs,
