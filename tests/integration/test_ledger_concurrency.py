@@ -15,7 +15,7 @@ from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import EntryRequest, Leg
 
 PROCESSES = 4
-OPERATIONS_PER_PROCESS = 150
+OPERATIONS_PER_PROCESS = 250
 
 
 def _worker(url: str, refs: dict[str, str], seed: int, queue) -> None:

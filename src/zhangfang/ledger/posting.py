@@ -120,6 +120,11 @@ def post_planned(
     by stateless validation) are passed through, or raised when atomic.
     """
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    if len(planned) == 1 and fits_fast_path(conn, planned[0]):
+        written = storage.post_one_postgres(conn, planned[0], now)  # type: ignore[arg-type]
+        if written is not None:
+            return [EntryResult(entry=_entry_from_plan(planned[0], written[0], written[1], now))]  # type: ignore[arg-type]
+        # A replay, a refusal or a race: the general path decides, and names the rule.
     results: list[EntryResult | ZhangfangError | None] = [None] * len(planned)
 
     def refuse(index: int, error: ZhangfangError) -> None:
@@ -320,10 +325,10 @@ def fits_fast_path(conn: Connection | Engine, item: PlannedEntry | ZhangfangErro
     )
 
 
-def post_one_postgres(engine: Engine, item: PlannedEntry, now: dt.datetime) -> Entry | None:
+def post_one_alone(engine: Engine, item: PlannedEntry, now: dt.datetime) -> Entry | None:
     """PostgreSQL's one-round-trip path for a single plain entry, its own transaction; None if declined."""
     assert_balanced(item.legs)
-    written = storage.post_one_postgres(engine, item, now)
+    written = storage.post_one_postgres_alone(engine, item, now)
     if written is None:
         return None
     return _entry_from_plan(item, written[0], written[1], now)

@@ -57,7 +57,7 @@ from zhangfang.ledger.posting import (
     PlannedLeg,
     fits_fast_path,
     load_entries,
-    post_one_postgres,
+    post_one_alone,
     post_planned,
     request_hash,
     sha256_hex,
@@ -412,7 +412,7 @@ def post_entry_alone(engine: Engine, *, request: EntryRequest, now: dt.datetime 
     plan = plan_entry(request)
     now = _now(now)
     if fits_fast_path(engine, plan):
-        entry = post_one_postgres(engine, plan, now)
+        entry = post_one_alone(engine, plan, now)
         if entry is not None:
             return EntryResult(entry=entry)
 

@@ -133,8 +133,7 @@ UNION ALL
 SELECT {_STATE_COLUMNS} FROM ledger_accounts WHERE ref = ANY(CAST(:refs AS text[])) AND hot
 """
 )
-# Materialized: inlined, PostgreSQL would hand back the row as of the statement's snapshot
-# rather than the version it locked (the concurrency test catches that).
+# Materialized, so the lock is taken by this CTE, in id order, whatever the planner does with the rest.
 
 _READ_SQLITE = sa.text(f"SELECT {_STATE_COLUMNS} FROM ledger_accounts WHERE ref IN :refs").bindparams(
     sa.bindparam("refs", expanding=True)
@@ -326,17 +325,15 @@ def _write_sqlite(
 # balance changes and the hot deltas. If it does not fit, nothing is written and
 # the general path runs in the same transaction to decide, and to name the rule.
 #
-# ``locked`` must be MATERIALIZED: PostgreSQL inlines a CTE referenced once, and
-# inlined into ``accts`` the row lock no longer hands back the latest committed
-# balance, so two writers could both see the same funds (the concurrency test
-# caught exactly that; the CHECK constraint refused the second write).
-#
-# The statement runs only in autocommit mode (``service.post_entry_alone``), where
-# it is its own transaction: there the stress test holds. Run as one statement of
-# a longer transaction, the CHECK constraint still fired now and then under
-# contention, so inside a unit of work the general path is used instead. Either
-# way the CHECK constraint is the last guard: a refusal by it rolls the statement
-# back and the general path decides.
+# Balances are set from ``locked`` (the row versions we hold locked, so the latest
+# committed ones), not from ``a``: PostgreSQL computes the updated row from the
+# version the statement's snapshot sees and checks CHECK constraints on it *before*
+# it notices a concurrent update and re-evaluates against the latest version. With
+# ``a.debits_posted + d.dp`` a wallet credited by another writer after our snapshot
+# failed ``debits_must_not_exceed_credits`` spuriously (the concurrency test caught
+# it); computed from the locked row the first evaluation is already the right one.
+# A balance constraint that still refuses the statement rolls it back whole, and
+# the general path decides.
 _FAST_POST_SQL = sa.text(
     """
 WITH legs AS (
@@ -403,10 +400,10 @@ posted AS (
 ),
 balanced AS (
   UPDATE ledger_accounts a
-  SET debits_posted = a.debits_posted + d.dp, credits_posted = a.credits_posted + d.cp,
-      debits_pending = a.debits_pending + d.dpend, credits_pending = a.credits_pending + d.cpend
-  FROM deltas d, entry e
-  WHERE a.id = d.id AND NOT d.hot
+  SET debits_posted = l.debits_posted + d.dp, credits_posted = l.credits_posted + d.cp,
+      debits_pending = l.debits_pending + d.dpend, credits_pending = l.credits_pending + d.cpend
+  FROM deltas d JOIN locked l ON l.id = d.id, entry e
+  WHERE a.id = d.id
 ),
 hot_appended AS (
   INSERT INTO ledger_hot_deltas (account_id, debits_posted, credits_posted, debits_pending, credits_pending)
@@ -417,14 +414,9 @@ SELECT id, accounting_date FROM entry
 )
 
 
-def post_one_postgres(engine: Engine, item: Any, now: dt.datetime) -> tuple[int, dt.date] | None:
-    """Run the one-statement path for a single plain entry, as its own transaction (autocommit).
-
-    Returns (entry id, accounting date), or None when the statement declined to write — or when
-    a balance CHECK constraint refused it, which rolls the statement back all the same.
-    """
+def _fast_params(item: Any, now: dt.datetime) -> dict[str, Any]:
     legs = item.legs
-    params = {
+    return {
         "refs": [leg.account for leg in legs],
         "sides": [leg.side for leg in legs],
         "effects": [leg.effect for leg in legs],
@@ -438,13 +430,30 @@ def post_one_postgres(engine: Engine, item: Any, now: dt.datetime) -> tuple[int,
         "metadata": json.dumps(item.metadata, sort_keys=True) if item.metadata is not None else None,
         "created_at": now,
     }
+
+
+def post_one_postgres(conn: Connection, item: Any, now: dt.datetime) -> tuple[int, dt.date] | None:
+    """The one-statement path for a single plain entry, inside the caller's transaction.
+
+    Returns (entry id, accounting date), or None when the statement declined to write.
+    """
+    rows = _postgres(conn, _FAST_POST_SQL, _fast_params(item, now))
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def post_one_postgres_alone(engine: Engine, item: Any, now: dt.datetime) -> tuple[int, dt.date] | None:
+    """The one-statement path as a transaction of its own (autocommit): one round trip in all.
+
+    Returns (entry id, accounting date), or None when the statement declined to write — or when
+    a balance CHECK constraint refused it, which rolls the statement back all the same.
+    """
     pooled = engine.raw_connection()
     try:
         driver = pooled.driver_connection
-        driver.autocommit = True  # the statement is the transaction: one round trip, commit included
+        driver.autocommit = True  # the statement is the transaction, commit included
         try:
             with driver.cursor() as cursor:
-                cursor.execute(_pyformat(_FAST_POST_SQL), params, binary=True)
+                cursor.execute(_pyformat(_FAST_POST_SQL), _fast_params(item, now), binary=True)
                 row = cursor.fetchone()
         except CheckViolation:
             return None
