@@ -45,3 +45,23 @@ def test_a_hot_account_can_be_debited_below_zero_because_nothing_guards_it(engin
     source, fee = bank(engine), open_account(engine, "fee", hot=True)
     transfer(engine, "out", fee.ref, source.ref, 5)
     assert account(engine, fee.ref).balance.posted == -5
+
+
+def test_folders_running_at_once_fold_every_delta_exactly_once(engine):
+    import threading
+
+    source, fee = bank(engine), open_account(engine, "fee", hot=True)
+    for i in range(40):
+        transfer(engine, f"fee-{i}", source.ref, fee.ref, 1)
+    folded: list[int] = []
+
+    def fold() -> None:
+        folded.append(run_in_transaction(engine, lambda conn: ledger.fold_hot_accounts(conn)))
+
+    threads = [threading.Thread(target=fold) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(folded) == 40
+    assert account(engine, fee.ref).balance.posted == 40

@@ -10,8 +10,8 @@ balance row. Guarantees:
   do that sum in one statement, so they are exact at any time.
 - Folding moves each delta exactly once: on PostgreSQL a single
   ``DELETE … RETURNING`` feeds the ``UPDATE`` (rows committed later are not
-  seen, rows deleted by a concurrent folder are skipped); on SQLite the write
-  lock makes read-sum-delete one atomic step.
+  seen), and folders hold the hot rows' locks, so they take turns; on SQLite
+  the write lock makes read-sum-delete one atomic step.
 - Only accounts without a balance constraint may be hot (a CHECK constraint),
   because a constraint cannot be kept on a balance that is folded later.
 """
@@ -45,6 +45,14 @@ def fold_hot_accounts(conn: Connection, *, account_ids: Sequence[int] | None = N
 
 
 def _fold_postgres(conn: Connection, account_ids: Sequence[int] | None) -> int:
+    # Folders take the hot rows' locks first, in id order (writers never lock them): two folders
+    # then run one after the other, and the UPDATE below starts from the latest balance row —
+    # PostgreSQL checks constraints on the row as its snapshot saw it before re-reading a
+    # concurrently updated one, which could refuse a correct fold.
+    hot_rows = sa.select(accounts.c.id).where(accounts.c.hot).order_by(accounts.c.id).with_for_update()
+    if account_ids is not None:
+        hot_rows = hot_rows.where(accounts.c.id.in_(account_ids))
+    conn.execute(hot_rows)
     d = hot_account_deltas
     delete = d.delete()
     if account_ids is not None:
