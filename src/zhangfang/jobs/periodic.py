@@ -2,10 +2,10 @@
 
 Each round runs these jobs in order, each in transactions of its own:
 
-1. seal     ``seal_entries`` until a call seals fewer than its limit: the hash
-            chain catches up with every entry committed so far.
+1. seal     ``seal_entries`` until a call seals fewer than its limit (at most
+            ``BATCHES_PER_ROUND_MAX`` calls): the chain catches up with the journal.
 2. fold     ``fold_hot_accounts``: hot accounts' appended deltas into their rows.
-3. expire   ``expire_holds`` until a call releases fewer than its limit.
+3. expire   ``expire_holds`` until a call releases fewer than its limit (same bound).
 4. day-end  while the ledger's open date is before today in ``settings.timezone``
             (Asia/Shanghai), ``close_day(open_date)``: a date closes in the first
             round after its midnight, and dates missed while no worker ran close
@@ -42,18 +42,22 @@ logger = logging.getLogger(__name__)
 
 SEAL_BATCH_SIZE = 5000
 EXPIRE_BATCH_SIZE = 1000
+# A round does at most this many batches of one job, so a job that cannot catch up with a busy
+# ledger in one round (sealing under a sustained load) never starves the jobs after it.
+BATCHES_PER_ROUND_MAX = 20
 
 JOB_NAMES = ("sealed", "folded", "expired", "days_closed")
 
 
 def seal(engine: Engine) -> int:
-    """Seal every committed entry; returns how many."""
+    """Seal committed entries (up to ``BATCHES_PER_ROUND_MAX`` batches); returns how many."""
     total = 0
-    while True:
+    for _ in range(BATCHES_PER_ROUND_MAX):
         count = run_in_transaction(engine, lambda conn: ledger.seal_entries(conn, limit=SEAL_BATCH_SIZE))
         total += count
         if count < SEAL_BATCH_SIZE:
-            return total
+            break
+    return total
 
 
 def fold(engine: Engine) -> int:
@@ -62,13 +66,14 @@ def fold(engine: Engine) -> int:
 
 
 def expire(engine: Engine, *, now: dt.datetime | None = None) -> int:
-    """Release every hold past its expiry; returns how many."""
+    """Release holds past their expiry (up to ``BATCHES_PER_ROUND_MAX`` batches); returns how many."""
     total = 0
-    while True:
+    for _ in range(BATCHES_PER_ROUND_MAX):
         count = run_in_transaction(engine, lambda conn: ledger.expire_holds(conn, now=now, limit=EXPIRE_BATCH_SIZE))
         total += count
         if count < EXPIRE_BATCH_SIZE:
-            return total
+            break
+    return total
 
 
 def close_past_days(engine: Engine, *, today: dt.date, wait_seconds_max: float) -> list[dt.date]:
