@@ -727,3 +727,10 @@ def test_the_server_runs_the_periodic_jobs_when_asked(engine: Engine) -> None:
             time.sleep(0.05)
         assert client.get(f"{LEDGER}/chain").json()["unsealed_count"] == 0
         assert client.post(f"{LEDGER}/chain/verify").json()["ok"] is True
+
+
+def test_a_body_that_is_not_utf8_is_refused_like_malformed_json(client: TestClient) -> None:
+    response = client.post(f"{LEDGER}/entries", content=b"\xff\xfe\x00{", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "request_invalid"
+    assert response.json()["error"]["field"] == "body"

@@ -108,6 +108,9 @@ async def _request_invalid(_request: Request, error: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 400:
+        # FastAPI's answer to a body it cannot even decode: the same refusal as malformed JSON.
+        return error_response(422, "request_invalid", "the request body is not valid UTF-8 JSON", field="body")
     code = {404: "route_not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
     return error_response(error.status_code, code, str(error.detail), headers=error.headers)
 
