@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from zhangfang.cli.main import app, exit_code_for
+from zhangfang.db.migrate import alembic_config
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import Conflict, InvalidInput, NotFound, Rejected, Unauthorized
 from zhangfang.ledger import service as ledger
@@ -25,6 +27,7 @@ from zhangfang.ledger.tables import journal_entries
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 runner = CliRunner()
 
 
@@ -75,15 +78,15 @@ def test_db_upgrade_creates_a_new_sqlite_database_and_running_it_again_changes_n
     for _ in range(2):
         result = runner.invoke(app, ["--database-url", url, "db", "upgrade"])
         assert result.exit_code == 0, (result.stdout, result.exception)
-        assert result.stdout.strip() == "database at revision 0001"
+        assert result.stdout.strip() == f"database at revision {HEAD}"
     current = runner.invoke(app, ["--database-url", url, "db", "current"])
-    assert current.stdout.strip() == "0001 (head)"
+    assert current.stdout.strip() == f"{HEAD} (head)"
 
 
 def test_db_upgrade_on_a_migrated_database_is_a_no_op(cli, engine):
     bank = create_account(cli, "bank", "--normal-side", "debit")
     cli("db", "upgrade")
-    assert cli("db", "current").stdout.strip() == "0001 (head)"
+    assert cli("db", "current").stdout.strip() == f"{HEAD} (head)"
     assert bank in all_balances(engine)
 
 

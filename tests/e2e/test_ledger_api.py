@@ -734,3 +734,10 @@ def test_a_body_that_is_not_utf8_is_refused_like_malformed_json(client: TestClie
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "request_invalid"
     assert response.json()["error"]["field"] == "body"
+
+
+def test_history_ending_on_the_first_day_of_the_calendar_is_not_an_error(client: TestClient) -> None:
+    account = client.post(f"{LEDGER}/accounts", json={"key": "w", "ledger_code": "w", "currency": "CNY"}).json()["id"]
+    response = client.get(f"{LEDGER}/accounts/{account}/history", params={"date_to": "0001-01-05"})
+    assert response.status_code == 200
+    assert response.json() == []

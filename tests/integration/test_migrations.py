@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from zhangfang.db.migrate import current_revision, upgrade
+from zhangfang.db.migrate import alembic_config, current_revision, upgrade
 from zhangfang.db.tables import metadata
 
 
@@ -18,4 +19,4 @@ def test_the_migrated_schema_matches_the_table_definitions(engine):
 
 def test_upgrading_twice_is_harmless(engine):
     upgrade(engine)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -211,7 +211,7 @@ def _run_worker(state: CliState, interval_seconds: float | None) -> None:
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        periodic.run_forever(
+        periodic.run_forever_with_queue(
             state.engine,
             interval_seconds=state.settings.job_interval_seconds if interval_seconds is None else interval_seconds,
             stop_event=stop_event,
@@ -224,13 +224,13 @@ def _run_worker(state: CliState, interval_seconds: float | None) -> None:
 
 @jobs_app.command("run")
 def jobs_run(ctx: typer.Context, interval: IntervalOption = None) -> None:
-    """Run the periodic ledger jobs until SIGTERM or SIGINT."""
+    """Run the periodic ledger jobs and the job queue until SIGTERM or SIGINT."""
     _run_worker(get_state(ctx), interval)
 
 
 @app.command("worker")
 def worker(ctx: typer.Context, interval: IntervalOption = None) -> None:
-    """Run the periodic ledger jobs until SIGTERM or SIGINT (same as `jobs run`)."""
+    """Run the periodic ledger jobs and the job queue until SIGTERM or SIGINT (same as `jobs run`)."""
     _run_worker(get_state(ctx), interval)
 
 

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 
 from zhangfang.config import Settings, get_settings
 from zhangfang.db.uow import run_in_transaction
+from zhangfang.jobs import queue
 from zhangfang.ledger import service as ledger
 
 logger = logging.getLogger(__name__)
@@ -157,11 +158,23 @@ def run_forever(
     logger.info("periodic ledger jobs: stopped")
 
 
+def run_forever_with_queue(
+    engine: Engine, *, interval_seconds: float, stop_event: threading.Event, settings: Settings | None = None
+) -> None:
+    """``run_forever``, with a job-queue worker (``queue.run_forever``) beside it that stops with it."""
+    queue_thread = queue.start_in_thread(engine, stop_event=stop_event, poll_seconds=interval_seconds)
+    try:
+        run_forever(engine, interval_seconds=interval_seconds, stop_event=stop_event, settings=settings)
+    finally:
+        stop_event.set()  # the queue worker finishes the job it is running, then stops too
+        queue_thread.join()
+
+
 def start_in_thread(engine: Engine, settings: Settings) -> tuple[threading.Thread, threading.Event]:
     """Run the loop in a daemon thread (inside the API server); set the event and join the thread to stop."""
     stop_event = threading.Event()
     thread = threading.Thread(
-        target=run_forever,
+        target=run_forever_with_queue,
         kwargs={
             "engine": engine,
             "interval_seconds": settings.job_interval_seconds,

@@ -212,7 +212,11 @@ def account_history(
     settings: Settings = Depends(get_settings),
 ) -> list[DayBalanceOut]:
     date_to = date_to or dt.datetime.now(ZoneInfo(settings.timezone)).date()
-    date_from = date_from or date_to - dt.timedelta(days=HISTORY_DAYS_DEFAULT - 1)
+    if date_from is None:
+        # Clamped: a date_to in year 1 has no 31 days before it.
+        date_from = max(
+            dt.date.min, date_to - dt.timedelta(days=min(HISTORY_DAYS_DEFAULT - 1, date_to.toordinal() - 1))
+        )
     if date_from > date_to:
         raise DateRangeInvalid("date_from must not be after date_to", field="date_from")
     if (date_to - date_from).days >= HISTORY_DAYS_MAX:
