@@ -1,0 +1,1 @@
+"""Channels: one adapter per way money comes in or goes out (banks direct, payment companies indirect)."""
