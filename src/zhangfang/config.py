@@ -20,6 +20,10 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer key for the admin API (/v1/ledger/...). The server refuses to start without one.",
     )
+    platform_private_key_pem: str | None = Field(
+        default=None,
+        description="PEM key that signs responses to RSA2 merchants; generated and stored on first use when unset",
+    )
     timezone: str = Field(default="Asia/Shanghai", description="Zone of business dates (accounting dates).")
     sqlite_synchronous: str = Field(
         default="FULL", description="PRAGMA synchronous for SQLite; FULL survives power loss with WAL."

@@ -36,6 +36,7 @@ from zhangfang.errors import ZhangfangError
 from zhangfang.jobs.periodic import start_in_thread
 from zhangfang.ledger import api as ledger_api
 from zhangfang.ledger.schemas import ErrorResponse
+from zhangfang.parties import api as parties_api
 
 logger = logging.getLogger("zhangfang.api")
 
@@ -214,4 +215,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return HealthOut(status="ok", database=db.dialect.name)  # type: ignore[arg-type]
 
     app.include_router(ledger_api.router)
+    app.include_router(parties_api.admin_router)
+    app.include_router(parties_api.router)
     return app
