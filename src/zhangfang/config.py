@@ -32,6 +32,21 @@ class Settings(BaseSettings):
         default=True, description="Run the periodic ledger jobs (seal, fold, expire) inside the API process."
     )
     job_interval_seconds: float = Field(default=1.0, description="Pause between rounds of periodic jobs.")
+    job_lease_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a worker holds a claimed job; longer than the slowest handler times the batch.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=15.0, gt=0, le=60, description="Limit on connecting, sending and each read of one webhook attempt."
+    )
+    webhook_allow_http: bool = Field(
+        default=False,
+        description="Accept http:// webhook URLs to any host (test environments). Off: https only, except loopback.",
+    )
+    webhook_secret_grace_seconds: int = Field(
+        default=24 * 3600, ge=0, description="How long a rotated-out webhook secret keeps signing beside the new one."
+    )
     transaction_age_max_seconds: int = Field(
         default=60,
         description="Longest a ledger write transaction may stay open; day-end waits this long at most.",

@@ -36,6 +36,7 @@ from zhangfang.errors import ZhangfangError
 from zhangfang.jobs.periodic import start_in_thread
 from zhangfang.ledger import api as ledger_api
 from zhangfang.ledger.schemas import ErrorResponse
+from zhangfang.notify import api as notify_api
 from zhangfang.parties import api as parties_api
 
 logger = logging.getLogger("zhangfang.api")
@@ -217,4 +218,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(ledger_api.router)
     app.include_router(parties_api.admin_router)
     app.include_router(parties_api.router)
+    app.include_router(notify_api.admin_router)
+    app.include_router(notify_api.router)
     return app

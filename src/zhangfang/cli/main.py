@@ -5,6 +5,7 @@
     zhangfang [--database-url URL] db upgrade | db current
     zhangfang ledger …            accounts, entries, holds, chain, day-end (``zhangfang.ledger.cli``)
     zhangfang merchants …         merchants: create, show, list, status (``zhangfang.parties.cli``)
+    zhangfang webhooks …          merchant webhook events: list, show, replay (``zhangfang.notify.cli``)
     zhangfang demo load           idempotent demo data
     zhangfang jobs run-once       one round of the periodic ledger jobs
     zhangfang jobs run            rounds until SIGTERM/SIGINT (``zhangfang worker`` is the same)
@@ -36,6 +37,7 @@ from zhangfang.errors import Unauthorized, ZhangfangError
 from zhangfang.jobs import periodic
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.cli import app as ledger_app
+from zhangfang.notify.cli import app as webhooks_app
 from zhangfang.parties.cli import app as merchants_app
 
 EXIT_REFUSED = 2
@@ -78,6 +80,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(demo_app, name="demo")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(merchants_app, name="merchants")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 @app.callback()

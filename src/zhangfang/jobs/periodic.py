@@ -13,7 +13,11 @@ Each round runs these jobs in order, each in transactions of its own:
 
 Where it runs: ``zhangfang jobs run`` (or ``zhangfang worker``) loops in the
 foreground until SIGTERM/SIGINT; the API server may run the same loop in a
-thread (``start_in_thread``, when ``settings.run_jobs_in_server``).
+thread (``start_in_thread``, when ``settings.run_jobs_in_server``). Both go
+through ``run_forever_with_queue``, which also runs the job queue: this module
+imports every module that registers a job handler (``notify.deliver``), so the
+worker claims those kinds. Its lease is ``ZHANGFANG_JOB_LEASE_SECONDS``
+(default ``queue.DEFAULT_LEASE_SECONDS``).
 
 Guarantees
 - Every job is safe next to writers and next to another worker: sealing locks
@@ -38,6 +42,7 @@ from zhangfang.config import Settings, get_settings
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.jobs import queue
 from zhangfang.ledger import service as ledger
+from zhangfang.notify import service as notify_service  # noqa: F401  (registers the notify.deliver handler)
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +167,10 @@ def run_forever_with_queue(
     engine: Engine, *, interval_seconds: float, stop_event: threading.Event, settings: Settings | None = None
 ) -> None:
     """``run_forever``, with a job-queue worker (``queue.run_forever``) beside it that stops with it."""
-    queue_thread = queue.start_in_thread(engine, stop_event=stop_event, poll_seconds=interval_seconds)
+    lease_seconds = (settings or get_settings()).job_lease_seconds
+    queue_thread = queue.start_in_thread(
+        engine, stop_event=stop_event, poll_seconds=interval_seconds, lease_seconds=lease_seconds
+    )
     try:
         run_forever(engine, interval_seconds=interval_seconds, stop_event=stop_event, settings=settings)
     finally:

@@ -32,7 +32,9 @@ so that jobs failing together do not retry together. The default schedule is
 10 s, 30 s, 1 min, 5 min, 15 min, 1 h, then 1 h until ``attempts_max`` (12) claims
 were made; a failure on the last attempt makes the job ``dead``. A handler that
 knows retrying is pointless raises ``PermanentFailure``: the job is ``failed`` at
-once. ``replay`` puts a ``dead`` or ``failed`` job back to ``pending`` with its
+once; one whose callee named a time to come back (HTTP ``Retry-After``) raises
+``RetryAfter``: the retry waits that long or the schedule's delay, whichever is longer.
+``replay`` puts a ``dead`` or ``failed`` job back to ``pending`` with its
 attempts at zero.
 
 Leases: a claim leases its jobs for ``lease_seconds``. Pick it longer than the
@@ -76,6 +78,7 @@ __all__ = [
     "DEFAULT_RETRY_SCHEDULE_SECONDS",
     "Handler",
     "PermanentFailure",
+    "RetryAfter",
     "claim",
     "complete",
     "default_worker_id",
@@ -118,6 +121,16 @@ F = TypeVar("F", bound=HandlerFn)
 
 class PermanentFailure(Exception):
     """Raised by a handler when retrying cannot help (the job ends ``failed`` at once, replayable)."""
+
+
+class RetryAfter(Exception):
+    """Raised by a handler whose attempt failed and must not be retried before ``seconds`` from now."""
+
+    def __init__(self, message: str, *, seconds: float = 0.0) -> None:
+        super().__init__(message)
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be non-negative, got {seconds!r}")
+        self.seconds = float(seconds)
 
 
 # --------------------------------------------------------------------------- registry
@@ -468,9 +481,10 @@ def fail(
 ) -> Job | None:
     """Record that ``job``'s attempt failed with ``error``; returns the job, retried (``pending``) or final.
 
-    A retry waits the handler's ``retry_delay_seconds`` for this attempt. After
-    the last attempt (``attempts == attempts_max``) the job is ``dead``; with
-    ``permanent`` it is ``failed`` at once. ``last_error`` keeps the error,
+    A retry waits the handler's ``retry_delay_seconds`` for this attempt, or a
+    ``RetryAfter`` error's ``seconds`` if longer. After the last attempt
+    (``attempts == attempts_max``) the job is ``dead``; with ``permanent`` it
+    is ``failed`` at once. ``last_error`` keeps the error,
     truncated to 2000 characters. Returns None, changing nothing, when the job
     is no longer this worker's claim (as ``complete``).
     """
@@ -485,7 +499,10 @@ def fail(
             values.update(state="dead", finished_at=at)
         else:
             entry = get_handler(job.kind) or _DEFAULT_HANDLER
-            values.update(state="pending", run_at=at + _seconds(entry.retry_delay_seconds(job.attempts)))
+            delay_seconds = entry.retry_delay_seconds(job.attempts)
+            if isinstance(error, RetryAfter):
+                delay_seconds = max(delay_seconds, error.seconds)
+            values.update(state="pending", run_at=at + _seconds(delay_seconds))
         return _finish_claim(conn, job=job, worker_id=worker_id, values=values)
 
     return run_in_transaction(engine, work)

@@ -29,7 +29,7 @@ States and transitions (``zhangfang.jobs.queue`` makes every one)::
 
 Columns and their constraints
 - ``id``: internal key. ``ref``: external id ``job_…`` (``zhangfang.ids``), unique.
-- ``kind``: 1 to 64 characters, the name a handler registered (``notify.webhook``).
+- ``kind``: 1 to 64 characters, the name a handler registered (``notify.deliver``).
 - ``payload``: a JSON object, at most 64 KiB; what the handler needs, never secrets.
 - ``dedupe_key``: caller's key, 1 to 200 printable ASCII characters, unique;
   NULL when the caller needs no deduplication (NULLs never collide).

@@ -314,6 +314,12 @@ def get_merchant(conn: Connection, *, ref: str) -> Merchant:
     return _merchant_from_row(row)
 
 
+def find_merchant_by_id(conn: Connection, *, merchant_id: int) -> Merchant | None:
+    """Returns the merchant with this internal key (other domains hold it), or None."""
+    row = conn.execute(sa.select(merchants).where(merchants.c.id == merchant_id)).first()
+    return None if row is None else _merchant_from_row(row)
+
+
 def find_merchant_by_app_id(conn: Connection, *, app_id: str) -> Merchant | None:
     """Returns the merchant with this ``app_id``, or None."""
     if not isinstance(app_id, str) or not APP_ID_PATTERN.fullmatch(app_id):
