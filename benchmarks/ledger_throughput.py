@@ -14,6 +14,9 @@ Figures (each a line ``{"name", "value", "unit", "database", ...}``):
   and ``batched_vs_storage_limit``, the ratio of the two.
 - ``hot_account_4_writers`` / ``spread_accounts_4_writers``: 4 processes, each entry crediting one
   shared hot account, against the same load crediting one account per writer; and their ratio.
+- ``commit_baseline``: one-row INSERT + COMMIT transactions per second on one connection, with no
+  ledger at all — the machine's own speed in this run, to read the other figures against (a shared
+  host's fsync and CPU vary from run to run).
 
 PostgreSQL comes from ``ZHANGFANG_TEST_POSTGRES_URL`` (default postgres@127.0.0.1:5432); the script
 creates its own database and drops it at the end.
@@ -207,11 +210,28 @@ def fresh_database(kind: str, workdir: Path) -> tuple[str, callable]:
     return make_url(server).set(database=name).render_as_string(hide_password=False), drop
 
 
+def commit_baseline(engine, seconds: float = 2.0) -> float:
+    """Transactions per second of a bare one-row insert and commit: the floor every write pays."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("CREATE TABLE bench_baseline (id INTEGER PRIMARY KEY, v INTEGER)"))
+        conn.commit()
+        count, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            conn.execute(sa.text("INSERT INTO bench_baseline (id, v) VALUES (:id, 1)"), {"id": count})
+            conn.commit()
+            count += 1
+        elapsed = time.perf_counter() - began
+        conn.execute(sa.text("DROP TABLE bench_baseline"))
+        conn.commit()
+    return count / elapsed
+
+
 def bench(kind: str, scale: float, workdir: Path) -> None:
     url, drop = fresh_database(kind, workdir)
     try:
         engine = create_engine(url)
         upgrade(engine)
+        emit("commit_baseline", commit_baseline(engine), "transactions/s", kind)
         rng = random.Random(7)
         bank = open_accounts(engine, "bank", 1, normal_side="debit")[0]
 
