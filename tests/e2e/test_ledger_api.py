@@ -741,3 +741,23 @@ def test_history_ending_on_the_first_day_of_the_calendar_is_not_an_error(client:
     response = client.get(f"{LEDGER}/accounts/{account}/history", params={"date_to": "0001-01-05"})
     assert response.status_code == 200
     assert response.json() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("GET", "/accounts?owner_ref=a%00b", None, "query"),
+        ("GET", "/accounts/acc_%00x", None, "path"),
+        ("POST", "/accounts", b'{"key": "k\\u0000", "ledger_code": "w", "currency": "CNY"}', "body"),
+    ],
+)
+def test_text_with_a_nul_character_is_refused_everywhere(client: TestClient, method, path, body, field) -> None:
+    response = client.request(
+        method, f"{LEDGER}{path}", content=body, headers={"Content-Type": "application/json"} if body else {}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "request_invalid",
+        "message": "text may not contain NUL characters",
+        "field": field,
+    }

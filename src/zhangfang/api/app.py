@@ -148,6 +148,60 @@ class InternalErrorMiddleware:
             await error_response(500, "internal_error", "internal error")(scope, receive, send)
 
 
+class RefuseNulMiddleware:
+    """Refuses, as ``request_invalid``, any request whose path, query or body carries a NUL character.
+
+    PostgreSQL text can never hold NUL, so such input could only fail deep in a
+    query (a 500) or be stored differently on SQLite. One rule at the edge, for
+    every endpoint: text never contains NUL. The body is read once here and
+    handed on unchanged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        query = scope.get("query_string", b"")
+        if "\x00" in scope.get("path", ""):
+            await self._refuse(scope, receive, send, "path")
+            return
+        if b"\x00" in query or b"%00" in query:
+            await self._refuse(scope, receive, send, "query")
+            return
+        chunks, first = [], None
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                first = message  # the client went away: let the app see it
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if b"\x00" in body or b"\\u0000" in body:
+            await self._refuse(scope, receive, send, "body")
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first or {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, field: str) -> None:
+        await error_response(422, "request_invalid", "text may not contain NUL characters", field=field)(
+            scope, receive, send
+        )
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"]
     database: Literal["sqlite", "postgresql"]
@@ -196,6 +250,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(ZhangfangError, _domain_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_middleware(RefuseNulMiddleware)
     app.add_middleware(InternalErrorMiddleware)
 
     @app.get(
