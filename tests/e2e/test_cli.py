@@ -426,11 +426,10 @@ def test_keys_are_printed_as_given_without_emoji_or_markup(cli, bank_and_wallet)
     assert "gift:1:[red]x" in out
 
 
-def test_db_upgrade_creates_a_missing_postgresql_database(database):
-    if database.kind != "postgresql":
-        pytest.skip("SQLite creates its file itself")
+def test_db_upgrade_creates_a_missing_postgresql_database(postgres_database):
+    # PostgreSQL only: SQLite creates its file itself.
     name = f"zf_created_{uuid.uuid4().hex[:8]}"
-    url = make_url(database.url).set(database=name).render_as_string(hide_password=False)
+    url = make_url(postgres_database).set(database=name).render_as_string(hide_password=False)
     try:
         result = runner.invoke(app, ["--database-url", url, "db", "upgrade"])
         assert result.exit_code == 0, result.stdout
@@ -438,7 +437,7 @@ def test_db_upgrade_creates_a_missing_postgresql_database(database):
         again = runner.invoke(app, ["--database-url", url, "db", "upgrade"])
         assert again.exit_code == 0 and "created database" not in again.stdout
     finally:
-        admin = sa.create_engine(make_url(database.url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(make_url(postgres_database).set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
