@@ -30,12 +30,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import zhangfang
+from zhangfang.api.responses import ErrorResponse
 from zhangfang.config import Settings, get_settings
 from zhangfang.db.engine import create_engine
 from zhangfang.errors import ZhangfangError
 from zhangfang.jobs.periodic import start_in_thread
 from zhangfang.ledger import api as ledger_api
-from zhangfang.ledger.schemas import ErrorResponse
 from zhangfang.notify import api as notify_api
 from zhangfang.parties import api as parties_api
 

@@ -71,7 +71,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -79,6 +79,7 @@ from sqlalchemy.engine import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
+from zhangfang.api.responses import error_doc
 from zhangfang.db.uow import RetryableConflict, run_in_transaction
 from zhangfang.parties import errors, signing
 from zhangfang.parties import service as parties
@@ -472,3 +473,27 @@ def signature_headers_doc() -> dict[str, Any]:
             "schema": {"type": "string"},
         },
     }
+
+
+def signed_doc(model: type[BaseModel], description: str, *, replayable: bool = False) -> dict[str, Any]:
+    """An OpenAPI ``responses`` entry for a signed merchant answer (and, for idempotent POSTs, the replay header)."""
+    headers = signature_headers_doc() | (replayed_header_doc() if replayable else {})
+    return {"model": model, "description": description, "headers": headers}
+
+
+def make_merchant_router(*, prefix: str, tags: list[str]) -> APIRouter:
+    """A router for merchant endpoints: every request signature-checked, every answer signed, refusals documented."""
+    return APIRouter(
+        prefix=prefix,
+        tags=tags,
+        route_class=MerchantRoute,
+        responses={
+            401: error_doc(
+                "the request is not signed by an active merchant: signature_missing, signature_header_invalid, "
+                "timestamp_stale, app_id_unknown, sign_type_mismatch, signature_invalid, merchant_not_active, "
+                "nonce_replayed"
+            ),
+            422: error_doc("the request is malformed (request_invalid, …)"),
+            500: error_doc("internal_error"),
+        },
+    )

@@ -27,6 +27,7 @@ from pydantic import AwareDatetime
 from sqlalchemy.engine import Connection, Engine
 
 from zhangfang.api.deps import AdminRoute, get_engine, get_settings, require_admin
+from zhangfang.api.responses import ErrorBody, ErrorResponse
 from zhangfang.config import Settings
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger import service as ledger
@@ -49,8 +50,6 @@ from zhangfang.ledger.schemas import (
     EntryIn,
     EntryOut,
     EntryResultOut,
-    ErrorBody,
-    ErrorResponse,
     HoldIn,
     HoldOut,
     HoldPostIn,

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from zhangfang.api.responses import ErrorBody
 from zhangfang.ledger.models import (
     Account,
     Balance,
@@ -57,22 +58,6 @@ Metadata = Annotated[
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class ErrorBody(BaseModel):
-    code: str = Field(description="stable code named after the broken rule, e.g. entry_must_balance")
-    message: str = Field(description="for people; may change")
-    field: str | None = Field(default=None, description="the request field at fault, when there is one")
-    details: dict[str, Any] | None = Field(default=None, description="machine-readable specifics")
-
-
-class ErrorResponse(BaseModel):
-    """Every refusal: ``{"error": {"code", "message", "field"?, "details"?}}``."""
-
-    error: ErrorBody
 
 
 # --------------------------------------------------------------------------- balances and accounts

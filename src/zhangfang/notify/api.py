@@ -24,14 +24,13 @@ from sqlalchemy.engine import Connection, Engine
 from zhangfang.api.deps import AdminRoute, get_engine, require_admin
 from zhangfang.api.merchant_auth import (
     IdempotentPost,
-    MerchantRoute,
     authenticated_merchant,
     idempotent_post,
-    replayed_header_doc,
-    signature_headers_doc,
+    make_merchant_router,
+    signed_doc,
 )
+from zhangfang.api.responses import error_doc
 from zhangfang.db.uow import run_in_transaction
-from zhangfang.ledger.schemas import ErrorResponse
 from zhangfang.notify import service as notify
 from zhangfang.notify.models import EVENT_STATES, Page, SecretRotation, WebhookAttempt, WebhookEvent
 from zhangfang.parties import service as parties
@@ -170,15 +169,6 @@ class WebhookSecretOut(BaseModel):
 # --------------------------------------------------------------------------- helpers
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
-def _signed(model: type[BaseModel], description: str, *, replayable: bool = False) -> dict[str, Any]:
-    headers = signature_headers_doc() | (replayed_header_doc() if replayable else {})
-    return {"model": model, "description": description, "headers": headers}
-
-
 def _page(page: Page) -> WebhookEventPage:
     return WebhookEventPage(items=[WebhookEventOut.of(e) for e in page.items], next_cursor=page.next_cursor)
 
@@ -189,20 +179,7 @@ LimitQuery = Query(default=50, description="1 to 500")
 
 # --------------------------------------------------------------------------- merchant API (signed)
 
-merchant_router = APIRouter(
-    prefix="/v1/merchant/webhooks",
-    tags=["merchant: webhooks"],
-    route_class=MerchantRoute,
-    responses={
-        401: _error(
-            "the request is not signed by an active merchant: signature_missing, signature_header_invalid, "
-            "timestamp_stale, app_id_unknown, sign_type_mismatch, signature_invalid, merchant_not_active, "
-            "nonce_replayed"
-        ),
-        422: _error("the request is malformed (request_invalid, …)"),
-        500: _error("internal_error"),
-    },
-)
+merchant_router = make_merchant_router(prefix="/v1/merchant/webhooks", tags=["merchant: webhooks"])
 
 
 @merchant_router.get(
@@ -210,8 +187,8 @@ merchant_router = APIRouter(
     response_model=WebhookEventPage,
     summary="Your webhook events, newest first",
     responses={
-        200: _signed(WebhookEventPage, "a page of your events"),
-        422: _error("request_invalid, webhook_event_state_invalid, cursor_invalid, limit_invalid"),
+        200: signed_doc(WebhookEventPage, "a page of your events"),
+        422: error_doc("request_invalid, webhook_event_state_invalid, cursor_invalid, limit_invalid"),
     },
 )
 def list_events(
@@ -234,8 +211,8 @@ def list_events(
     response_model=WebhookEventDetailOut,
     summary="One of your webhook events, with every delivery attempt",
     responses={
-        200: _signed(WebhookEventDetailOut, "the event and its attempts"),
-        404: _error("webhook_event_not_found (also for another merchant's event)"),
+        200: signed_doc(WebhookEventDetailOut, "the event and its attempts"),
+        404: error_doc("webhook_event_not_found (also for another merchant's event)"),
     },
 )
 def get_event(
@@ -254,9 +231,9 @@ def get_event(
     status_code=status.HTTP_202_ACCEPTED,
     summary="Deliver one of your events again, with the same webhook-id (delivered, dead or disabled events)",
     responses={
-        202: _signed(WebhookEventOut, "the event, pending again: a worker delivers it shortly"),
-        404: _error("webhook_event_not_found (also for another merchant's event)"),
-        422: _error("webhook_event_not_replayable (the event is still pending)"),
+        202: signed_doc(WebhookEventOut, "the event, pending again: a worker delivers it shortly"),
+        404: error_doc("webhook_event_not_found (also for another merchant's event)"),
+        422: error_doc("webhook_event_not_replayable (the event is still pending)"),
     },
 )
 def replay_event(
@@ -271,9 +248,9 @@ def replay_event(
     response_model=WebhookSecretOut,
     summary="Make a new webhook signing secret (shown in this answer only); the previous one signs on for 24 h",
     responses={
-        200: _signed(WebhookSecretOut, "the new secret", replayable=True),
-        409: _error("idempotency_key_conflict"),
-        422: _error("request_invalid (Idempotency-Key missing, …), idempotency_key_invalid"),
+        200: signed_doc(WebhookSecretOut, "the new secret", replayable=True),
+        409: error_doc("idempotency_key_conflict"),
+        422: error_doc("request_invalid (Idempotency-Key missing, …), idempotency_key_invalid"),
     },
 )
 def rotate_secret(
@@ -295,9 +272,9 @@ admin_router = APIRouter(
     dependencies=[Depends(require_admin)],
     route_class=AdminRoute,
     responses={
-        401: _error("missing or wrong admin key (admin_key_invalid)"),
-        422: _error("the request is malformed (request_invalid, …)"),
-        500: _error("internal_error"),
+        401: error_doc("missing or wrong admin key (admin_key_invalid)"),
+        422: error_doc("the request is malformed (request_invalid, …)"),
+        500: error_doc("internal_error"),
     },
 )
 
@@ -307,8 +284,8 @@ admin_router = APIRouter(
     response_model=AdminWebhookEventPage,
     summary="Webhook events of every merchant (or of one), newest first",
     responses={
-        404: _error("merchant_not_found"),
-        422: _error("request_invalid, webhook_event_state_invalid, cursor_invalid, limit_invalid"),
+        404: error_doc("merchant_not_found"),
+        422: error_doc("request_invalid, webhook_event_state_invalid, cursor_invalid, limit_invalid"),
     },
 )
 def admin_list_events(
@@ -330,7 +307,7 @@ def admin_list_events(
     "/events/{event_id}",
     response_model=AdminWebhookEventDetailOut,
     summary="A webhook event with every delivery attempt",
-    responses={404: _error("webhook_event_not_found")},
+    responses={404: error_doc("webhook_event_not_found")},
 )
 def admin_get_event(event_id: str, engine: Engine = Depends(get_engine)) -> AdminWebhookEventDetailOut:
     def read(conn: Connection) -> AdminWebhookEventDetailOut:
@@ -346,8 +323,8 @@ def admin_get_event(event_id: str, engine: Engine = Depends(get_engine)) -> Admi
     status_code=status.HTTP_202_ACCEPTED,
     summary="Deliver an event again, with the same webhook-id (delivered, dead or disabled events)",
     responses={
-        404: _error("webhook_event_not_found"),
-        422: _error("webhook_event_not_replayable (the event is still pending)"),
+        404: error_doc("webhook_event_not_found"),
+        422: error_doc("webhook_event_not_replayable (the event is still pending)"),
     },
 )
 def admin_replay_event(event_id: str, engine: Engine = Depends(get_engine)) -> AdminWebhookEventOut:

@@ -27,15 +27,14 @@ from sqlalchemy.engine import Connection, Engine
 from zhangfang.api.deps import AdminRoute, get_engine, require_admin
 from zhangfang.api.merchant_auth import (
     IdempotentPost,
-    MerchantRoute,
     authenticated_merchant,
     idempotent_post,
+    make_merchant_router,
     platform_key,
-    replayed_header_doc,
-    signature_headers_doc,
+    signed_doc,
 )
+from zhangfang.api.responses import error_doc
 from zhangfang.db.uow import run_in_transaction
-from zhangfang.ledger.schemas import ErrorResponse
 from zhangfang.parties import service as parties
 from zhangfang.parties.models import Merchant, MerchantRequest, MerchantResult, SettlementAccount, User
 
@@ -241,38 +240,16 @@ class PlatformKeyOut(BaseModel):
 # --------------------------------------------------------------------------- helpers
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
-def _signed(model: type[BaseModel], description: str, *, replayable: bool = False) -> dict[str, Any]:
-    headers = signature_headers_doc() | (replayed_header_doc() if replayable else {})
-    return {"model": model, "description": description, "headers": headers}
-
-
 # --------------------------------------------------------------------------- merchant API (signed)
 
-merchant_router = APIRouter(
-    prefix="/v1/merchant",
-    tags=["merchant"],
-    route_class=MerchantRoute,
-    responses={
-        401: _error(
-            "the request is not signed by an active merchant: signature_missing, signature_header_invalid, "
-            "timestamp_stale, app_id_unknown, sign_type_mismatch, signature_invalid, merchant_not_active, "
-            "nonce_replayed"
-        ),
-        422: _error("the request is malformed (request_invalid, …)"),
-        500: _error("internal_error"),
-    },
-)
+merchant_router = make_merchant_router(prefix="/v1/merchant", tags=["merchant"])
 
 
 @merchant_router.get(
     "/me",
     response_model=MerchantProfileOut,
     summary="The authenticated merchant's profile (settlement account number masked)",
-    responses={200: _signed(MerchantProfileOut, "your profile")},
+    responses={200: signed_doc(MerchantProfileOut, "your profile")},
 )
 def me(merchant: Merchant = Depends(authenticated_merchant)) -> MerchantProfileOut:
     return MerchantProfileOut.of(merchant)
@@ -284,10 +261,10 @@ def me(merchant: Merchant = Depends(authenticated_merchant)) -> MerchantProfileO
     status_code=status.HTTP_201_CREATED,
     summary="Create a payer of yours (idempotent on its identity, and on Idempotency-Key)",
     responses={
-        201: _signed(UserCreatedOut, "created", replayable=True),
-        200: _signed(UserCreatedOut, "you already had a user with this identity", replayable=True),
-        409: _error("idempotency_key_conflict, user_identity_conflict"),
-        422: _error(
+        201: signed_doc(UserCreatedOut, "created", replayable=True),
+        200: signed_doc(UserCreatedOut, "you already had a user with this identity", replayable=True),
+        409: error_doc("idempotency_key_conflict, user_identity_conflict"),
+        422: error_doc(
             "request_invalid (Idempotency-Key missing, …), idempotency_key_invalid, external_ref_invalid, "
             "phone_hash_invalid, user_identity_missing"
         ),
@@ -313,7 +290,10 @@ def create_user(
     "/users/{user_id}",
     response_model=UserOut,
     summary="One of your payers",
-    responses={200: _signed(UserOut, "the user"), 404: _error("user_not_found (also for another merchant's user)")},
+    responses={
+        200: signed_doc(UserOut, "the user"),
+        404: error_doc("user_not_found (also for another merchant's user)"),
+    },
 )
 def get_user(
     user_id: str, merchant: Merchant = Depends(authenticated_merchant), engine: Engine = Depends(get_engine)
@@ -331,7 +311,7 @@ platform_router = APIRouter(prefix="/v1/platform", tags=["platform"])
     "/public-key",
     response_model=PlatformKeyOut,
     summary="The platform's RSA public key, which signs responses to RSA2 merchants",
-    responses={500: _error("internal_error")},
+    responses={500: error_doc("internal_error")},
 )
 async def get_platform_public_key(request: Request) -> PlatformKeyOut:
     key = await platform_key(request)
@@ -346,9 +326,9 @@ admin_router = APIRouter(
     dependencies=[Depends(require_admin)],
     route_class=AdminRoute,
     responses={
-        401: _error("missing or wrong admin key (admin_key_invalid)"),
-        422: _error("the request is malformed (request_invalid, …)"),
-        500: _error("internal_error"),
+        401: error_doc("missing or wrong admin key (admin_key_invalid)"),
+        422: error_doc("the request is malformed (request_invalid, …)"),
+        500: error_doc("internal_error"),
     },
 )
 
@@ -360,8 +340,8 @@ admin_router = APIRouter(
     summary="Create a merchant (idempotent on key); an HMAC merchant's secret is shown in this answer only",
     responses={
         200: {"model": MerchantCreatedOut, "description": "the key replayed an earlier creation; no secret"},
-        409: _error("idempotency_key_conflict"),
-        422: _error(
+        409: error_doc("idempotency_key_conflict"),
+        422: error_doc(
             "request_invalid, idempotency_key_invalid, merchant_name_invalid, mcc_invalid, fee_rate_invalid, "
             "fee_rate_out_of_range, settlement_account_invalid, sign_type_invalid, public_key_invalid, "
             "public_key_too_short"
@@ -402,7 +382,7 @@ def list_merchants(
     "/{merchant_id}",
     response_model=MerchantOut,
     summary="A merchant, with its full settlement account",
-    responses={404: _error("merchant_not_found")},
+    responses={404: error_doc("merchant_not_found")},
 )
 def get_merchant(merchant_id: str, engine: Engine = Depends(get_engine)) -> MerchantOut:
     merchant = run_in_transaction(engine, lambda conn: parties.get_merchant(conn, ref=merchant_id), readonly=True)
@@ -414,8 +394,8 @@ def get_merchant(merchant_id: str, engine: Engine = Depends(get_engine)) -> Merc
     response_model=MerchantOut,
     summary="Move a merchant along active ⇄ suspended → closed (asking for its current status changes nothing)",
     responses={
-        404: _error("merchant_not_found"),
-        422: _error("request_invalid, merchant_status_invalid, merchant_transition_invalid"),
+        404: error_doc("merchant_not_found"),
+        422: error_doc("request_invalid, merchant_status_invalid, merchant_transition_invalid"),
     },
 )
 def change_status(merchant_id: str, body: MerchantStatusIn, engine: Engine = Depends(get_engine)) -> MerchantOut:
@@ -431,8 +411,8 @@ def change_status(merchant_id: str, body: MerchantStatusIn, engine: Engine = Dep
     summary="Replace a merchant's credentials: a new HMAC secret (shown once), or an RSA2 merchant's new public key",
     description="The old secret or key stops working at once. Every call to an HMAC merchant makes a new secret.",
     responses={
-        404: _error("merchant_not_found"),
-        422: _error("request_invalid, merchant_closed, public_key_invalid, public_key_too_short"),
+        404: error_doc("merchant_not_found"),
+        422: error_doc("request_invalid, merchant_closed, public_key_invalid, public_key_too_short"),
     },
 )
 def rotate_secret(
