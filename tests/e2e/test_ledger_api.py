@@ -761,3 +761,9 @@ def test_text_with_a_nul_character_is_refused_everywhere(client: TestClient, met
         "message": "text may not contain NUL characters",
         "field": field,
     }
+
+
+def test_a_cursor_of_unicode_digits_is_refused_not_a_crash(client: TestClient) -> None:
+    response = client.get(f"{LEDGER}/accounts", params={"cursor": "¹²"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "cursor_invalid"

@@ -269,7 +269,10 @@ class WechatPayAdapter:
         if canonical["Wechatpay-Serial"] != self._public_key_id:
             raise NotifyInvalid("notify is signed by a key we do not know", code="notify_signature_invalid")
         timestamp = canonical["Wechatpay-Timestamp"]
-        if not timestamp.isdigit() or abs(self._clock().timestamp() - int(timestamp)) > self._notify_max_age_seconds:
+        if (
+            not (timestamp.isascii() and timestamp.isdigit())
+            or abs(self._clock().timestamp() - int(timestamp)) > self._notify_max_age_seconds
+        ):
             raise NotifyInvalid("notify timestamp is too far from now (replay?)", code="notify_timestamp_stale")
         try:
             data = self._client.callback(canonical, body)

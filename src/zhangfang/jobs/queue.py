@@ -743,7 +743,7 @@ def list_jobs(
         raise errors.LimitInvalid(f"limit must be an integer from 1 to {PAGE_LIMIT_MAX}", field="limit")
     query = sa.select(jobs).order_by(jobs.c.id).limit(limit + 1)
     if cursor is not None:
-        if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 19:
+        if not isinstance(cursor, str) or not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
             raise errors.CursorInvalid("cursor must be a value returned as next_cursor", field="cursor")
         query = query.where(jobs.c.id > int(cursor))
     if state is not None:

@@ -866,6 +866,6 @@ def _check_limit(limit: Any) -> int:
 
 
 def _decode_cursor(cursor: str) -> int:
-    if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 19:
+    if not isinstance(cursor, str) or not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
         raise errors.CursorInvalid("cursor must be a value returned as next_cursor", field="cursor")
     return int(cursor)

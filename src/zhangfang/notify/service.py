@@ -236,7 +236,7 @@ def _check_limit(limit: Any) -> int:
 
 
 def _check_cursor(cursor: Any) -> int:
-    if not isinstance(cursor, str) or not cursor.isdigit() or len(cursor) > 19:
+    if not isinstance(cursor, str) or not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
         raise errors.CursorInvalid("cursor must be the next_cursor of a previous page", field="cursor")
     return int(cursor)
 
@@ -652,7 +652,7 @@ def _retry_after_seconds(value: str | None, now: dt.datetime) -> float:
     if not value:
         return 0.0
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         seconds = float(value)
     else:
         try:

@@ -206,7 +206,7 @@ def _check_limit(limit: Any) -> int:
 
 
 def _check_cursor(cursor: str) -> int:
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
         raise errors.CursorInvalid("cursor must be the next_cursor of a previous page", field="cursor")
     return int(cursor)
 

@@ -666,7 +666,7 @@ class BankSimulator:
             notify_url=read.text("notify_url", required=False),
             created_at=self._clock(),
         )
-        if not candidate.payee_account.isdigit():
+        if not (candidate.payee_account.isascii() and candidate.payee_account.isdigit()):
             raise _Refusal("param_invalid", "the payee account must be digits")
         existing = self._payouts.get(candidate.out_payout_no)
         if existing is not None:

@@ -516,7 +516,10 @@ class WechatPaySimulator:
         if fields.get("serial_no", "").upper() != merchant.cert_serial_no.upper():
             raise _ApiError(401, "SIGN_ERROR", "商户证书序列号有误")
         timestamp = fields.get("timestamp", "")
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > SIGNATURE_SKEW_SECONDS_MAX:
+        if (
+            not (timestamp.isascii() and timestamp.isdigit())
+            or abs(time.time() - int(timestamp)) > SIGNATURE_SKEW_SECONDS_MAX
+        ):
             raise _ApiError(401, "SIGN_ERROR", "请求时间戳已过期")
         path = request.scope["raw_path"].decode("latin-1")
         if request.scope["query_string"]:
