@@ -130,7 +130,7 @@ class RetryAfter(Exception):
         super().__init__(message)
         if not seconds >= 0:
             raise ValueError(f"seconds must be non-negative, got {seconds!r}")
-        self.seconds = float(seconds)
+        self.seconds = float(seconds)  # seconds, not money
 
 
 # --------------------------------------------------------------------------- registry
@@ -178,7 +178,7 @@ def handler(
         raise ValueError(f"attempts_max must be an integer, got {attempts_max!r}")
     if not 1 <= attempts_max <= ATTEMPTS_MAX_LIMIT:
         raise ValueError(f"attempts_max must be from 1 to {ATTEMPTS_MAX_LIMIT}, got {attempts_max}")
-    schedule = tuple(float(seconds) for seconds in retry_schedule_seconds)
+    schedule = tuple(float(seconds) for seconds in retry_schedule_seconds)  # seconds, not money
     if not schedule or any(not seconds >= 0 for seconds in schedule):
         raise ValueError(f"retry_schedule_seconds must be non-negative and not empty, got {retry_schedule_seconds!r}")
     if not 0 <= jitter_ratio < 1:

@@ -653,7 +653,7 @@ def _retry_after_seconds(value: str | None, now: dt.datetime) -> float:
         return 0.0
     value = value.strip()
     if value.isascii() and value.isdigit():
-        seconds = float(value)
+        seconds = float(value)  # seconds, not money
     else:
         try:
             when = email.utils.parsedate_to_datetime(value)
