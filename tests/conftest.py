@@ -32,6 +32,8 @@ from zhangfang.ledger.tables import chain_head, ledger_clock
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
+pytest_plugins = ["tests.webhook_receiver"]
+
 # In CI, property tests draw a fixed sequence of examples, so a green build stays green and a red one
 # reproduces; on a developer's machine they explore afresh on every run.
 settings.register_profile("ci", derandomize=True, database=None)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from tests.snapshots import snapshot  # noqa: F401  (ledger tests import it from here)
 
-from zhangfang.db.tables import metadata
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import Account, AccountRequest, EntryRequest, EntryResult, Leg
@@ -48,13 +47,3 @@ def account(engine: Engine, ref: str) -> Account:
 
 def available(engine: Engine, ref: str) -> int:
     return account(engine, ref).balance.available
-
-
-def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, in a stable order: to prove a refused request changed nothing."""
-    rows: dict[str, list[tuple[Any, ...]]] = {}
-    with engine.connect() as conn:
-        for table in metadata.sorted_tables:
-            order = list(table.primary_key.columns) or list(table.columns)
-            rows[table.name] = [tuple(r) for r in conn.execute(sa.select(table).order_by(*order))]
-    return rows

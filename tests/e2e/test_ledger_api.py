@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
+from tests.snapshots import snapshot
 
 from zhangfang.api.app import create_app
 from zhangfang.config import Settings
-from zhangfang.db.tables import metadata
 
 ADMIN_KEY = "test-key"
 LEDGER = "/v1/ledger"
@@ -39,15 +39,6 @@ def client(engine: Engine) -> Iterator[TestClient]:
     app = create_app(settings_for(engine), engine)
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as test_client:
         yield test_client
-
-
-def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, in a stable order."""
-    with engine.connect() as conn:
-        return {
-            table.name: sorted((tuple(row) for row in conn.execute(sa.select(table))), key=repr)
-            for table in metadata.sorted_tables
-        }
 
 
 def error_of(response: Any, status_code: int) -> dict[str, Any]:

@@ -24,12 +24,12 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
+from tests.snapshots import snapshot
 from typer.testing import CliRunner
 
 from zhangfang.api.app import create_app
 from zhangfang.cli.main import app as zhangfang_app
 from zhangfang.config import Settings
-from zhangfang.db.tables import metadata
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.parties import service as parties
 from zhangfang.parties import signing
@@ -186,16 +186,6 @@ def merchant(request: pytest.FixtureRequest, client: TestClient, keys: Keys) -> 
 def other_merchant(client: TestClient, keys: Keys) -> MerchantClient:
     """Merchant B, RSA2 with its own key."""
     return create_merchant(client, keys, "merchant-b", "RSA2", keys.merchant_b)
-
-
-def snapshot(engine: Engine, *, without: tuple[sa.Table, ...] = ()) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table (but ``without``), in a stable order."""
-    with engine.connect() as conn:
-        return {
-            table.name: sorted((tuple(row) for row in conn.execute(sa.select(table))), key=repr)
-            for table in metadata.sorted_tables
-            if table not in without
-        }
 
 
 def count(engine: Engine, table: sa.Table) -> int:

@@ -26,8 +26,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from tests.integration.test_notify import (
-    Answer,
-    Receiver,
     attempts_of,
     count,
     deliver_due,
@@ -36,8 +34,9 @@ from tests.integration.test_notify import (
     job_of,
     make_merchant,
     rotate,
-    rows,
 )
+from tests.snapshots import snapshot
+from tests.webhook_receiver import Answer
 from typer.testing import CliRunner
 
 from zhangfang.api.app import create_app
@@ -47,28 +46,11 @@ from zhangfang.jobs.tables import jobs
 from zhangfang.notify.tables import webhook_events, webhook_secrets
 from zhangfang.parties import signing
 from zhangfang.parties.models import Merchant
-from zhangfang.sandbox.server import RunningServer, serve_in_thread
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ADMIN_KEY = "test-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 LEASE_SECONDS = 2
-
-
-@pytest.fixture(scope="module")
-def receiver_server() -> Iterator[RunningServer]:
-    server = serve_in_thread(Receiver())
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def receiver(receiver_server: RunningServer) -> Receiver:
-    app = receiver_server.server.config.app
-    assert isinstance(app, Receiver)
-    app.reset()
-    app.base_url = receiver_server.base_url
-    return app
 
 
 @pytest.fixture
@@ -197,14 +179,29 @@ def test_another_merchants_event_is_not_found_to_read_or_to_replay(client, engin
     shop, other = merchant_client(client, engine, "merchant-a"), merchant_client(client, engine, "merchant-b")
     event = emit(engine, shop.merchant, f"{receiver.base_url}/notify")
     deliver_due(engine)
-    before = rows(engine, webhook_events, jobs)
+    before = snapshot(
+        engine,
+        tables=(
+            webhook_events,
+            jobs,
+        ),
+    )
     not_found = "webhook_event_not_found"
     assert error_code(other.call("GET", f"/v1/merchant/webhooks/events/{event.ref}"), 404) == not_found
     assert error_code(other.call("POST", f"/v1/merchant/webhooks/events/{event.ref}/replay"), 404) == not_found
     missing = "msg_01J00000000000000000000000"
     assert error_code(other.call("GET", f"/v1/merchant/webhooks/events/{missing}"), 404) == not_found
     assert other.call("GET", "/v1/merchant/webhooks/events").json()["items"] == []
-    assert rows(engine, webhook_events, jobs) == before
+    assert (
+        snapshot(
+            engine,
+            tables=(
+                webhook_events,
+                jobs,
+            ),
+        )
+        == before
+    )
     assert shop.call("GET", f"/v1/merchant/webhooks/events/{event.ref}").status_code == 200
 
 

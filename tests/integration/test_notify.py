@@ -9,15 +9,11 @@ the signatures' own timestamps are the wall clock, as the receiver's check wants
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import email.utils
-import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -25,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
+from tests.snapshots import snapshot
+from tests.webhook_receiver import Answer
 
 from zhangfang.config import Settings
 from zhangfang.db.uow import UnitOfWork, run_in_transaction
@@ -38,128 +35,12 @@ from zhangfang.notify.models import WebhookAttempt, WebhookEvent
 from zhangfang.notify.tables import webhook_attempts, webhook_events, webhook_secrets
 from zhangfang.parties import service as parties
 from zhangfang.parties.models import Merchant, MerchantRequest, SettlementAccount
-from zhangfang.sandbox.server import RunningServer, serve_in_thread
 
 SCHEDULE = notify.RETRY_SCHEDULE_SECONDS
 JITTER = notify.RETRY_JITTER_RATIO
 
 
 # --------------------------------------------------------------------------- the merchant's receiver
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b"ok"
-
-
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    verified_by: list[int]  # indexes of the receiver's secrets whose Webhook(secret).verify accepted it
-
-    @property
-    def webhook_id(self) -> str:
-        return self.headers["webhook-id"]
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Receiver:
-    """A merchant's webhook endpoint (ASGI): records and verifies every request, answers as planned per path.
-
-    ``plan(path, *answers)``: the n-th request to ``path`` gets the n-th answer, the last one repeats
-    (default 200 "ok"). ``hold(path)``: the first request to ``path`` waits, after setting ``held``,
-    until ``release`` is set (30 s at most) — a worker caught in the middle of a delivery.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.base_url = ""
-        self.reset()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.received: list[Received] = []
-            self.secrets: list[str] = []
-            self.plans: dict[str, list[Answer]] = {}
-            self.hold_path: str | None = None
-            self.held = threading.Event()
-            self.release = threading.Event()
-
-    def plan(self, path: str, *answers: Answer) -> None:
-        with self.lock:
-            self.plans[path] = list(answers)
-
-    def hold(self, path: str) -> None:
-        with self.lock:
-            self.hold_path = path
-
-    def requests(self, path: str | None = None) -> list[Received]:
-        with self.lock:
-            return [r for r in self.received if path is None or r.path == path]
-
-    def _verified_by(self, body: bytes, headers: dict[str, str]) -> list[int]:
-        verified = []
-        for index, secret in enumerate(list(self.secrets)):
-            try:
-                Webhook(secret).verify(body, headers)
-            except WebhookVerificationError:
-                continue
-            verified.append(index)
-        return verified
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        assert scope["type"] == "http", scope["type"]
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-        path = scope["path"]
-        verified_by = self._verified_by(body, headers)
-        with self.lock:
-            earlier = sum(1 for r in self.received if r.path == path)
-            self.received.append(Received(path, headers, body, verified_by))
-            answers = self.plans.get(path) or [Answer()]
-            answer = answers[min(earlier, len(answers) - 1)]
-            hold = path == self.hold_path and earlier == 0
-        if hold:
-            self.held.set()
-            deadline = time.monotonic() + 30
-            while not self.release.is_set() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-        extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": answer.status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"), *extra],
-            }
-        )
-        await send({"type": "http.response.body", "body": answer.body})
-
-
-@pytest.fixture(scope="module")
-def receiver_server() -> Iterator[RunningServer]:
-    server = serve_in_thread(Receiver())
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def receiver(receiver_server: RunningServer) -> Receiver:
-    app = receiver_server.server.config.app
-    assert isinstance(app, Receiver)
-    app.reset()
-    app.base_url = receiver_server.base_url
-    return app
 
 
 # --------------------------------------------------------------------------- helpers
@@ -222,11 +103,6 @@ def job_of(engine: Engine, event: WebhookEvent) -> Job:
 def count(engine: Engine, table: sa.Table) -> int:
     with engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-
-
-def rows(engine: Engine, *tables: sa.Table) -> dict[str, list[tuple[Any, ...]]]:
-    with engine.connect() as conn:
-        return {t.name: sorted((tuple(r) for r in conn.execute(sa.select(t))), key=repr) for t in tables}
 
 
 def seconds(delta: dt.timedelta) -> float:
@@ -476,7 +352,13 @@ def test_a_pending_event_is_not_replayable_and_an_unknown_one_is_not_found(engin
     receiver.plan("/down", Answer(500))
     event = emit(engine, merchant, f"{receiver.base_url}/down")
     deliver_due(engine)  # failed once, retrying: still pending
-    before = rows(engine, webhook_events, jobs)
+    before = snapshot(
+        engine,
+        tables=(
+            webhook_events,
+            jobs,
+        ),
+    )
     for event_id, code in (
         (event.ref, "webhook_event_not_replayable"),
         ("msg_01J00000000000000000000000", "webhook_event_not_found"),
@@ -484,7 +366,16 @@ def test_a_pending_event_is_not_replayable_and_an_unknown_one_is_not_found(engin
         with pytest.raises(ZhangfangError) as raised:
             run_in_transaction(engine, lambda conn, event_id=event_id: notify.replay(conn, event_id=event_id))
         assert raised.value.code == code
-    assert rows(engine, webhook_events, jobs) == before
+    assert (
+        snapshot(
+            engine,
+            tables=(
+                webhook_events,
+                jobs,
+            ),
+        )
+        == before
+    )
 
 
 def test_an_event_whose_worker_died_before_its_last_attempt_started_can_be_replayed(engine, receiver):
@@ -573,7 +464,13 @@ def test_a_merchant_reaches_only_its_own_events(engine, receiver):
     receiver.plan("/gone", Answer(410))
     event = emit(engine, merchant_a, f"{receiver.base_url}/gone")
     deliver_due(engine)
-    before = rows(engine, webhook_events, jobs)
+    before = snapshot(
+        engine,
+        tables=(
+            webhook_events,
+            jobs,
+        ),
+    )
 
     def as_b(call: Any) -> str:
         with pytest.raises(ZhangfangError) as raised:
@@ -589,7 +486,16 @@ def test_a_merchant_reaches_only_its_own_events(engine, receiver):
     assert as_b(lambda conn: notify.replay(conn, event_id=event.ref, merchant_id=merchant_b.id)) == (
         "webhook_event_not_found"
     )
-    assert rows(engine, webhook_events, jobs) == before
+    assert (
+        snapshot(
+            engine,
+            tables=(
+                webhook_events,
+                jobs,
+            ),
+        )
+        == before
+    )
 
     def listed(merchant: Merchant) -> list[str]:
         page = run_in_transaction(engine, lambda conn: notify.list_events(conn, merchant_id=merchant.id))
@@ -640,11 +546,28 @@ GOOD = {
 def test_a_bad_event_is_refused_with_its_code_and_nothing_is_written(engine, changes, code):
     merchant = make_merchant(engine)
     arguments = {**GOOD, "merchant_id": merchant.id, **changes}
-    before = rows(engine, webhook_events, jobs, webhook_secrets)
+    before = snapshot(
+        engine,
+        tables=(
+            webhook_events,
+            jobs,
+            webhook_secrets,
+        ),
+    )
     with pytest.raises(ZhangfangError) as raised:
         run_in_transaction(engine, lambda conn: notify.emit(conn, **arguments))
     assert raised.value.code == code
-    assert rows(engine, webhook_events, jobs, webhook_secrets) == before
+    assert (
+        snapshot(
+            engine,
+            tables=(
+                webhook_events,
+                jobs,
+                webhook_secrets,
+            ),
+        )
+        == before
+    )
 
 
 def test_http_is_accepted_for_loopback_hosts_and_when_the_setting_allows_it(monkeypatch):

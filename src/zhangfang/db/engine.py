@@ -50,7 +50,3 @@ def _sqlite_engine(url: str, *, sqlite_synchronous: str, **kwargs: Any) -> Engin
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
-
-
-def is_postgres(conn: Connection | Engine) -> bool:
-    return conn.dialect.name == "postgresql"

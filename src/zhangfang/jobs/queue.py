@@ -68,6 +68,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
 from zhangfang import ids
+from zhangfang.db.sql import insert_ignoring_conflict
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.jobs import errors
 from zhangfang.jobs.models import FINAL_STATES, JOB_STATES, Job, Page
@@ -329,7 +330,7 @@ def enqueue(
         return _job_from_row(row)
     # A concurrent transaction may insert the same key between our read and our write: do nothing
     # on conflict (PostgreSQL waits for that transaction to end) and read back what it committed.
-    row = conn.execute(_insert_ignoring_dedupe_key(conn).values(**values).returning(*jobs.c)).first()
+    row = conn.execute(insert_ignoring_conflict(conn, jobs, ["dedupe_key"]).values(**values).returning(*jobs.c)).first()
     if row is not None:
         return _job_from_row(row)
     existing = _find_by_dedupe_key(conn, dedupe_key)
@@ -351,13 +352,6 @@ def _same_or_conflict(existing: Job, *, kind: str, payload: dict[str, Any]) -> J
             ref=existing.ref,
         )
     return existing
-
-
-def _insert_ignoring_dedupe_key(conn: Connection) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(jobs).on_conflict_do_nothing(index_elements=["dedupe_key"])
 
 
 # --------------------------------------------------------------------------- claim and outcomes

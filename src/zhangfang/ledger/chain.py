@@ -27,8 +27,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from zhangfang.db.sql import canonical_json
 from zhangfang.ledger.models import ChainStatus, VerifyReport
-from zhangfang.ledger.posting import canonical_json, sha256_hex
+from zhangfang.ledger.posting import sha256_hex
 from zhangfang.ledger.tables import chain_head, journal_entries, postings
 
 GENESIS_SEAL = sha256_hex("zhangfang ledger genesis")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from zhangfang import ids
+from zhangfang.db.sql import canonical_json
 from zhangfang.db.uow import RetryableConflict
 from zhangfang.errors import ZhangfangError
 from zhangfang.ledger import errors, storage
@@ -58,17 +58,8 @@ _EFFECT_INDEX = {
 }
 
 
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON (sorted keys, no spaces) for hashing."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def request_hash(payload: Mapping[str, Any]) -> str:
-    return sha256_hex(canonical_json(payload))
 
 
 class PlannedLeg(NamedTuple):

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from zhangfang import ids, money
+from zhangfang.db.sql import insert_ignoring_conflict, request_digest
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import ZhangfangError
 from zhangfang.ledger import errors
@@ -59,7 +60,6 @@ from zhangfang.ledger.posting import (
     load_entries,
     post_one_alone,
     post_planned,
-    request_hash,
     sha256_hex,
 )
 from zhangfang.ledger.tables import accounts, holds, journal_entries, postings
@@ -254,12 +254,12 @@ def open_account(conn: Connection, *, request: AccountRequest, now: dt.datetime 
     """Open an account, idempotently on ``request.key``; returns the account and whether it is new."""
     key = _check_key(request.key, "key")
     payload = _account_payload(request)
-    digest = request_hash(payload)
+    digest = request_digest(payload)
     existing = conn.execute(sa.select(accounts.c.ref, accounts.c.request_hash).where(accounts.c.key == key)).first()
     if existing is None:
         ref = ids.new_id("acc")
         inserted = conn.execute(
-            _insert_ignoring_key(conn, accounts, "key")
+            insert_ignoring_conflict(conn, accounts, ["key"])
             .returning(accounts.c.id)
             .values(
                 ref=ref,
@@ -282,13 +282,6 @@ def open_account(conn: Connection, *, request: AccountRequest, now: dt.datetime 
             "an account with this key was opened with different attributes", field="key", key=key
         )
     return get_account(conn, ref=existing.ref), False
-
-
-def _insert_ignoring_key(conn: Connection, table: sa.Table, column: str) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=[column])
 
 
 def _account_select() -> sa.Select:
@@ -481,7 +474,7 @@ def reverse_entry(
     payload = {"kind": "reversal", "reverses": ref, "metadata": metadata}
     plan = PlannedEntry(
         idempotency_key=key,
-        request_hash=request_hash(payload),
+        request_hash=request_digest(payload),
         kind="reversal",
         business_code=original.business_code,
         legs=legs,
@@ -683,7 +676,7 @@ def create_hold(
         "expires_at": expires_at.isoformat() if expires_at else None,
         "metadata": metadata,
     }
-    digest = request_hash(payload)
+    digest = request_digest(payload)
     replay = _replayed_hold(conn, key, digest)
     if replay is not None:
         return replay
@@ -767,7 +760,7 @@ def post_hold(
     if amount is not None:
         amount = _check_amount(amount, "amount")
     metadata = _check_metadata(metadata)
-    digest = request_hash({"kind": "hold_post", "hold": ref, "amount": amount, "metadata": metadata})
+    digest = request_digest({"kind": "hold_post", "hold": ref, "amount": amount, "metadata": metadata})
     replay = _replayed_hold(conn, key, digest)
     if replay is not None:
         return replay
@@ -807,7 +800,7 @@ def void_hold(
     now = _now(now)
     key = _check_key(idempotency_key)
     metadata = _check_metadata(metadata)
-    digest = request_hash({"kind": "hold_void", "hold": ref, "metadata": metadata})
+    digest = request_digest({"kind": "hold_void", "hold": ref, "metadata": metadata})
     replay = _replayed_hold(conn, key, digest)
     if replay is not None:
         return replay
@@ -844,7 +837,7 @@ def expire_holds(conn: Connection, *, now: dt.datetime | None = None, limit: int
     plans = [
         PlannedEntry(
             idempotency_key=f"hold-expire:{row.ref}",
-            request_hash=request_hash({"kind": "hold_expire", "hold": row.ref}),
+            request_hash=request_digest({"kind": "hold_expire", "hold": row.ref}),
             kind="hold_expire",
             business_code=row.business_code,
             legs=_release_legs(row),

@@ -30,6 +30,7 @@ from psycopg.errors import CheckViolation
 from sqlalchemy.engine import Connection, Engine
 
 from zhangfang.db.uow import RetryableConflict
+from zhangfang.ledger import day_end
 
 BALANCE_COLUMNS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
 _STATE_COLUMNS = (
@@ -149,11 +150,6 @@ def lock_accounts(conn: Connection, refs: list[str]) -> dict[str, AccountState]:
     else:
         rows = conn.execute(_READ_SQLITE, {"refs": refs}).all()
     return {row[1]: AccountState(row) for row in rows}
-
-
-def open_date(conn: Connection) -> dt.date:
-    value = conn.execute(sa.text("SELECT open_date FROM ledger_clock WHERE id = 1")).scalar_one()
-    return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)
 
 
 def write_batch(
@@ -277,7 +273,7 @@ def _write_sqlite(
     # The transaction holds SQLite's write lock (BEGIN IMMEDIATE): nobody else can take these ids,
     # and the keys looked up earlier in this transaction cannot have been taken since.
     first_id = conn.execute(sa.text("SELECT coalesce(max(id), 0) + 1 FROM ledger_entries")).scalar_one()
-    accounting_date = open_date(conn)
+    accounting_date = day_end.open_date(conn)
     entry_ids = list(range(first_id, first_id + len(rows.refs)))
     created_at, day = _sqlite_time(now), accounting_date.isoformat()
     conn.exec_driver_sql(

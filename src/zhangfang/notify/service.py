@@ -52,7 +52,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import email.utils
-import hashlib
 import ipaddress
 import json
 import logging
@@ -66,12 +65,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 from standardwebhooks import Webhook
 
 from zhangfang import ids
 from zhangfang.config import get_settings
+from zhangfang.db.sql import insert_ignoring_conflict, request_digest
 from zhangfang.db.uow import RetryableConflict, run_in_transaction
 from zhangfang.jobs import queue
 from zhangfang.jobs.models import Job
@@ -241,16 +240,6 @@ def _check_cursor(cursor: Any) -> int:
     return int(cursor)
 
 
-def _hash(payload: dict[str, Any]) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _insert_ignoring(conn: Connection, table: sa.Table, columns: list[str], where: Any = None) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=columns, index_where=where)
-
-
 def _merchant_ref(conn: Connection, merchant_id: Any) -> str:
     """The ``mch_…`` id of the merchant with this internal key; ``merchant_not_found`` if there is none."""
     if isinstance(merchant_id, bool) or not isinstance(merchant_id, int) or merchant_id < 1:
@@ -321,7 +310,7 @@ def emit(
     data = _check_data(data)
     url = check_url(url, allow_http=allow_http)
     merchant_ref = _merchant_ref(conn, merchant_id)
-    digest = _hash({"event_type": event_type, "data": data, "url": url})
+    digest = request_digest({"event_type": event_type, "data": data, "url": url})
     now = _now(now)
 
     def existing() -> Row[Any] | None:
@@ -337,7 +326,7 @@ def emit(
         # A concurrent emit with the same key may commit first: do nothing then (PostgreSQL waits for it) and
         # answer with what it wrote.
         inserted = conn.execute(
-            _insert_ignoring(conn, webhook_events, ["merchant_id", "idempotency_key"])
+            insert_ignoring_conflict(conn, webhook_events, ["merchant_id", "idempotency_key"])
             .values(
                 ref=ref,
                 merchant_id=merchant_id,
@@ -493,7 +482,7 @@ def _insert_current_secret(conn: Connection, merchant_id: int, now: dt.datetime)
     """Insert a new current secret; None if another transaction made one first."""
     secret = _new_secret()
     inserted = conn.execute(
-        _insert_ignoring(conn, webhook_secrets, ["merchant_id"], where=sa.text(CURRENT_SECRET_SQL))
+        insert_ignoring_conflict(conn, webhook_secrets, ["merchant_id"], where=sa.text(CURRENT_SECRET_SQL))
         .values(merchant_id=merchant_id, secret=secret, created_at=now, expires_at=None)
         .returning(webhook_secrets.c.id)
     ).first()

@@ -31,18 +31,16 @@ Guarantees
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import re
 import secrets
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from zhangfang import ids
+from zhangfang.db.sql import insert_ignoring_conflict, request_digest
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.parties import errors, signing
 from zhangfang.parties.models import (
@@ -211,16 +209,6 @@ def _check_cursor(cursor: str) -> int:
     return int(cursor)
 
 
-def _hash(payload: dict[str, Any]) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _insert_ignoring(conn: Connection, table: sa.Table, columns: list[str]) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=columns)
-
-
 # --------------------------------------------------------------------------- merchants
 
 
@@ -266,13 +254,13 @@ def create_merchant(conn: Connection, *, request: MerchantRequest, now: dt.datet
         "sign_type": sign_type,
         "public_key_pem": public_key,
     }
-    digest = _hash(payload)
+    digest = request_digest(payload)
     existing = conn.execute(sa.select(merchants.c.ref, merchants.c.request_hash).where(merchants.c.key == key)).first()
     if existing is None:
         ref = ids.new_id("mch")
         secret = signing.new_hmac_secret() if sign_type == signing.SIGN_TYPE_HMAC else None
         inserted = conn.execute(
-            _insert_ignoring(conn, merchants, ["key"])
+            insert_ignoring_conflict(conn, merchants, ["key"])
             .returning(merchants.c.id)
             .values(
                 ref=ref,
@@ -434,7 +422,7 @@ def create_user(
     if external_ref is None and phone_hash is None:
         raise errors.UserIdentityMissing("a user needs external_ref or phone_hash", field="external_ref")
     identity = f"ref:{external_ref}" if external_ref is not None else f"phone:{phone_hash}"
-    digest = _hash({"external_ref": external_ref, "phone_hash": phone_hash})
+    digest = request_digest({"external_ref": external_ref, "phone_hash": phone_hash})
 
     def existing_row() -> Any:
         return conn.execute(
@@ -444,7 +432,7 @@ def create_user(
     row = existing_row()
     if row is None:
         inserted = conn.execute(
-            _insert_ignoring(conn, users, ["merchant_id", "identity"])
+            insert_ignoring_conflict(conn, users, ["merchant_id", "identity"])
             .returning(users.c.id)
             .values(
                 ref=ids.new_id("usr"),
@@ -495,7 +483,7 @@ def store_platform_key(conn: Connection, *, private_key_pem: str, now: dt.dateti
     """Store the platform's signing key unless one is stored already; returns the stored one (first wins)."""
     candidate = _platform_key_of(private_key_pem, _now(now))
     conn.execute(
-        _insert_ignoring(conn, platform_keys, ["name"]).values(
+        insert_ignoring_conflict(conn, platform_keys, ["name"]).values(
             name=PLATFORM_KEY_NAME,
             private_key_pem=candidate.private_key_pem,
             public_key_pem=candidate.public_key_pem,
@@ -542,7 +530,7 @@ def platform_key(engine: Engine, *, configured_pem: str | None = None) -> Platfo
 def record_nonce(conn: Connection, *, app_id: str, nonce: str, now: dt.datetime | None = None) -> bool:
     """Remember that ``app_id`` used ``nonce``; False if it had been used already."""
     inserted = conn.execute(
-        _insert_ignoring(conn, request_nonces, ["app_id", "nonce"])
+        insert_ignoring_conflict(conn, request_nonces, ["app_id", "nonce"])
         .returning(request_nonces.c.nonce)
         .values(app_id=app_id, nonce=nonce, seen_at=_now(now))
     ).first()
@@ -584,7 +572,7 @@ def save_idempotency_record(
     """Record the response to a merchant's key; False if a concurrent request recorded one first."""
     check_idempotency_key(key, "Idempotency-Key")
     inserted = conn.execute(
-        _insert_ignoring(conn, idempotency_records, ["app_id", "key"])
+        insert_ignoring_conflict(conn, idempotency_records, ["app_id", "key"])
         .returning(idempotency_records.c.id)
         .values(
             app_id=app_id,
