@@ -52,6 +52,36 @@ class Settings(BaseSettings):
         description="Longest a ledger write transaction may stay open; day-end waits this long at most.",
     )
 
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where channels and payers reach this platform: notify URLs and the cashier are built on it.",
+    )
+    channels_file: Path | None = Field(
+        default=None, description="TOML file configuring the payment channels (docs/channels/configuration.md)."
+    )
+    sandbox: bool = Field(
+        default=False,
+        description="Development: start the local channel simulators inside the server and use them as the channels "
+        "(when channels_file is unset). Never in production.",
+    )
+    sandbox_dir: Path = Field(
+        default=Path("var/sandbox"),
+        description="Where the sandbox keeps its generated keys and its channels.toml (workers read it from there).",
+    )
+    payment_expiry_seconds: int = Field(
+        default=1800, ge=60, le=7 * 86400, description="How long an order stays payable when it names no expiry."
+    )
+    payment_poll_schedule_seconds: tuple[float, ...] = Field(
+        default=(15, 30, 60, 120, 300, 600),
+        description="Waits before each query of an open payment whose notify has not come (the last one repeats).",
+    )
+    channel_failure_threshold: int = Field(
+        default=5, ge=1, description="Failures in a row that take a channel out of rotation (circuit breaker)."
+    )
+    channel_cooldown_seconds: float = Field(
+        default=60.0, gt=0, description="How long a channel that tripped its breaker stays out of rotation."
+    )
+
     def sqlite_path(self) -> Path | None:
         prefix = "sqlite:///"
         if self.database_url.startswith(prefix):

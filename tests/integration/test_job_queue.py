@@ -192,7 +192,7 @@ def test_a_bad_job_is_refused_with_its_code_and_nothing_is_written(engine, argum
 
 def test_an_unknown_kind_is_refused_even_inside_a_larger_transaction(engine):
     with UnitOfWork(engine) as uow, pytest.raises(JobKindUnknown):
-        queue.enqueue(uow.conn, kind="payments.refund", payload={})
+        queue.enqueue(uow.conn, kind="nobody.handles_this", payload={})
 
 
 # --------------------------------------------------------------------------- claim, run, outcomes
@@ -229,7 +229,7 @@ def test_a_worker_claims_only_the_kinds_it_asks_for(engine):
     assert [job.ref for job in claim(engine, "w1", at(1), kinds={"test.ok"})] == [wanted.ref]
     assert stats(engine) == {"pending": 1, "running": 1, "succeeded": 0, "failed": 0, "dead": 0}
     with pytest.raises(ValueError, match="no handler"):
-        claim(engine, "w1", at(1), kinds={"payments.refund"})
+        claim(engine, "w1", at(1), kinds={"nobody.handles_this"})
 
 
 def test_a_failing_job_is_retried_on_its_schedule_then_dead_then_replayed(engine):

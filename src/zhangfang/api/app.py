@@ -31,6 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import zhangfang
 from zhangfang.api.responses import ErrorResponse
+from zhangfang.channels import registry as channel_registry
+from zhangfang.channels.registry import ChannelRegistry
 from zhangfang.config import Settings, get_settings
 from zhangfang.db.engine import create_engine
 from zhangfang.errors import ZhangfangError
@@ -38,6 +40,9 @@ from zhangfang.jobs.periodic import start_in_thread
 from zhangfang.ledger import api as ledger_api
 from zhangfang.notify import api as notify_api
 from zhangfang.parties import api as parties_api
+from zhangfang.payments import api as payments_api
+from zhangfang.payments import flows as payment_flows
+from zhangfang.web import cashier
 
 logger = logging.getLogger("zhangfang.api")
 
@@ -47,6 +52,7 @@ STATUS_BY_KIND = {
     "conflict": 409,
     "rejected": 422,
     "unauthorized": 401,
+    "unavailable": 503,
 }
 LOCATION_SOURCES = {"body", "query", "path", "header", "cookie"}
 
@@ -207,8 +213,17 @@ class HealthOut(BaseModel):
     database: Literal["sqlite", "postgresql"]
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """Returns the API application on ``engine`` (created from ``settings`` when not given)."""
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, registry: ChannelRegistry | None = None
+) -> FastAPI:
+    """Returns the API application on ``engine`` (created from ``settings`` when not given).
+
+    Payment channels: ``registry`` when given; else the file ``channels_file``
+    names; else, with ``sandbox`` on, the local simulators, started with the app
+    (and stopped with it); else none (payment endpoints answer
+    ``channels_not_configured``). The registry is also installed process-wide,
+    for the job handlers that run in this process.
+    """
     settings = settings or get_settings()
     if not settings.admin_api_key:
         raise RuntimeError(
@@ -218,17 +233,33 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     owns_engine = engine is None
     if engine is None:
         engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    if registry is None and settings.channels_file is not None:
+        registry = channel_registry.load_registry(settings.channels_file)
+    if registry is not None:
+        channel_registry.install(registry)
+    payment_flows.install_settings(settings)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # The periodic ledger jobs (seal, fold, expire holds, day-end) run beside the API when asked,
-        # so `make run` is one process; production runs `zhangfang worker` separately.
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sandbox = None
+        if app.state.registry is None and settings.sandbox:
+            from zhangfang.sandbox.environment import DEFAULT_PORTS, start_sandbox
+
+            sandbox = start_sandbox(settings.sandbox_dir, ports=DEFAULT_PORTS, notify_delay_seconds=1.0)
+            app.state.sandbox = sandbox
+            app.state.registry = sandbox.registry()
+            channel_registry.install(app.state.registry)
+            logger.info("sandbox channels running; their configuration is %s", sandbox.config_path)
+        # The periodic ledger jobs (seal, fold, expire holds, day-end) and the job queue run beside the API
+        # when asked, so `make run` is one process; production runs `zhangfang worker` separately.
         jobs = start_in_thread(engine, settings) if settings.run_jobs_in_server else None
         yield
         if jobs is not None:
             thread, stop_event = jobs
             stop_event.set()
             thread.join(timeout=30)
+        if sandbox is not None:
+            sandbox.stop()
         if owns_engine:
             engine.dispose()
 
@@ -236,7 +267,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         title="zhangfang (账房)",
         version=zhangfang.__version__,
         description=(
-            "The money core: accounts, balanced journal entries, holds, day-end. "
+            "The money core: accounts, balanced journal entries, holds, day-end; merchants, payments through "
+            "channels, refunds, payouts, webhooks. "
             "Amounts are integers in the currency's minor unit (fen for CNY). "
             'Every error is `{"error": {"code", "message", "field"?, "details"?}}` with a stable code.'
         ),
@@ -246,6 +278,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.registry = registry
+    app.state.sandbox = None
 
     app.add_exception_handler(ZhangfangError, _domain_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
@@ -275,4 +309,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(parties_api.router)
     app.include_router(notify_api.admin_router)
     app.include_router(notify_api.router)
+    app.include_router(payments_api.admin_router)
+    app.include_router(payments_api.router)
+    app.include_router(cashier.router)
     return app

@@ -29,6 +29,7 @@ import typer
 from rich.table import Table
 
 from zhangfang import demo, money
+from zhangfang.channels import registry as channel_registry
 from zhangfang.cli import CliState, console, get_state, print_json
 from zhangfang.config import get_settings
 from zhangfang.db import migrate
@@ -39,6 +40,7 @@ from zhangfang.ledger import service as ledger
 from zhangfang.ledger.cli import app as ledger_app
 from zhangfang.notify.cli import app as webhooks_app
 from zhangfang.parties.cli import app as merchants_app
+from zhangfang.payments import flows as payment_flows
 
 EXIT_REFUSED = 2
 EXIT_UNAUTHORIZED = 3
@@ -213,6 +215,11 @@ def _run_worker(state: CliState, interval_seconds: float | None) -> None:
         logging.getLogger(__name__).info("%s: stopping after this round", signal.Signals(signum).name)
         stop_event.set()
 
+    payment_flows.install_settings(state.settings)
+    if channel_registry.install_from_settings(state.settings) is None:
+        logging.getLogger(__name__).warning(
+            "no payment channels configured (ZHANGFANG_CHANNELS_FILE): payment jobs will wait for them"
+        )
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -72,6 +72,7 @@ __all__ = [
     "close_account",
     "close_day",
     "create_hold",
+    "ensure_account",
     "expire_holds",
     "fold_hot_accounts",
     "get_account",
@@ -282,6 +283,22 @@ def open_account(conn: Connection, *, request: AccountRequest, now: dt.datetime 
             "an account with this key was opened with different attributes", field="key", key=key
         )
     return get_account(conn, ref=existing.ref), False
+
+
+def ensure_account(conn: Connection, *, request: AccountRequest, now: dt.datetime | None = None) -> str:
+    """Returns the ref of the account ``request.key`` names, opening it first if it does not exist.
+
+    The cheap path for other domains that post to well-known accounts (a
+    merchant's pending settlement, a channel's clearing account): one indexed
+    read when the account exists with these attributes. Different attributes
+    under the key are ``idempotency_key_conflict``, as with ``open_account``.
+    """
+    key = _check_key(request.key, "key")
+    row = conn.execute(sa.select(accounts.c.ref, accounts.c.request_hash).where(accounts.c.key == key)).first()
+    if row is not None and row.request_hash == request_digest(_account_payload(request)):
+        return row.ref
+    account, _created = open_account(conn, request=request, now=now)
+    return account.ref
 
 
 def _account_select() -> sa.Select:
