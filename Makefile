@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make run   — virtualenv, install, migrate the embedded SQLite database, demo data, serve on 127.0.0.1:8000
+#                with the sandbox channels (local simulators of Alipay, WeChat Pay and two banks on 8101-8104)
 #   make test  — lint and the whole test suite (SQLite and PostgreSQL)
 
 PYTHON ?= python3
@@ -21,7 +22,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/zhangfang db upgrade
 	$(BIN)/zhangfang demo load
-	$(BIN)/zhangfang serve --host 127.0.0.1 --port 8000
+	ZHANGFANG_SANDBOX=1 $(BIN)/zhangfang serve --host 127.0.0.1 --port 8000
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -3,7 +3,8 @@
 ``zhangfang demo load`` (or ``load_demo(engine)``) writes, in CNY unless said:
 
 - ``bank:icbc:custody``: the reserve-fund (备付金) custody account at the bank (debit-normal)
-- ``channel:alipay:clearing``, ``channel:wechatpay:clearing``: what each channel owes us (debit-normal)
+- ``channel:alipay:clearing``, ``channel:wechatpay:clearing``: what each channel owes us (debit-normal, hot:
+  the accounts real payments through those channels book to)
 - ``platform:fee_income``: fee income, a hot account (热点账户)
 - two merchants' pending-settlement accounts (``merchant:m001|m002:pending_settlement``)
 - three user wallets (alice, bob, carol) that cannot be overdrawn, topped up through the channels
@@ -31,6 +32,7 @@ from zhangfang import money
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import AccountRequest, EntryRequest, Leg
+from zhangfang.payments import postings
 
 FEE_RATE = Decimal("0.006")
 
@@ -43,27 +45,10 @@ ACCOUNTS: dict[str, AccountRequest] = {
         owner_ref="platform",
         metadata={"bank": "ICBC", "purpose": "reserve funds (备付金) custody"},
     ),
-    "alipay_clearing": AccountRequest(
-        key="channel:alipay:clearing",
-        ledger_code="channel_clearing",
-        currency="CNY",
-        normal_side="debit",
-        owner_ref="channel:alipay",
-    ),
-    "wechatpay_clearing": AccountRequest(
-        key="channel:wechatpay:clearing",
-        ledger_code="channel_clearing",
-        currency="CNY",
-        normal_side="debit",
-        owner_ref="channel:wechatpay",
-    ),
-    "fee_income": AccountRequest(
-        key="platform:fee_income",
-        ledger_code="fee_income",
-        currency="CNY",
-        owner_ref="platform",
-        hot=True,
-    ),
+    # The same accounts payments book to, so the demo's history and real payments share them.
+    "alipay_clearing": postings.channel_clearing_request("alipay", "CNY"),
+    "wechatpay_clearing": postings.channel_clearing_request("wechatpay", "CNY"),
+    "fee_income": postings.fee_income_request("CNY"),
     "merchant_m001": AccountRequest(
         key="merchant:m001:pending_settlement",
         ledger_code="merchant_pending",

@@ -1,4 +1,4 @@
-"""``zhangfang webhooks …``: list, show and replay merchant webhook events, for operators.
+"""``zhangfang webhooks …``: list, show and replay merchant webhook events, for operators; ``listen`` for merchants.
 
 Translation only: read the arguments, call ``notify.service`` in a unit of
 work of its own, print a Rich table for people or ``--json`` for machines (the
@@ -10,6 +10,7 @@ the root command prints them as one line on stderr and exits 2 (see
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Annotated
 
 import typer
@@ -147,3 +148,49 @@ def webhooks_replay(
         print_json(AdminWebhookEventOut.of(event).model_dump(mode="json"))
         return
     typer.echo(f"{event.ref} is pending again (job {event.job_ref}); `zhangfang worker` delivers it")
+
+
+@app.command("listen")
+def webhooks_listen(
+    port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 9000,
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ZHANGFANG_WEBHOOK_SECRET",
+            help="Your whsec_… secret: each webhook's signature is checked with the standardwebhooks package.",
+        ),
+    ] = None,
+) -> None:
+    """Receive webhooks on 127.0.0.1 and print each one, verified (a merchant's endpoint, for trying things out)."""
+    import uvicorn
+    from standardwebhooks import Webhook
+    from standardwebhooks.webhooks import WebhookVerificationError
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    verifier = Webhook(secret) if secret else None
+
+    async def receive(request: Request) -> PlainTextResponse:
+        body = await request.body()
+        headers = dict(request.headers)
+        if verifier is None:
+            verdict = "signature not checked (no --secret)"
+        else:
+            try:
+                verifier.verify(body, headers)
+            except WebhookVerificationError as error:
+                typer.echo(f"REFUSED {request.url.path}: {error}")
+                return PlainTextResponse("signature does not verify", status_code=400)
+            verdict = "signature verified"
+        try:
+            shown = json.dumps(json.loads(body), ensure_ascii=False, indent=2)
+        except ValueError:
+            shown = body.decode("utf-8", "replace")
+        typer.echo(f"POST {request.url.path}  webhook-id {headers.get('webhook-id')}  ({verdict})\n{shown}")
+        return PlainTextResponse("ok")
+
+    listener = Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
+    typer.echo(f"listening on http://127.0.0.1:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(listener, host="127.0.0.1", port=port, log_level="warning")

@@ -416,6 +416,11 @@ def get_attempt(conn: Connection, *, ref: str) -> PaymentAttempt | None:
 # --------------------------------------------------------------------------- views (API answers and webhook data)
 
 
+def _iso(moment: dt.datetime | None) -> str | None:
+    """UTC instants as the API writes them (``…Z``), so a webhook's data equals the API's answer byte for byte."""
+    return None if moment is None else moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def order_view(order: PaymentOrder, *, public_base_url: str) -> dict[str, Any]:
     """The order as merchants see it, in the API and in webhooks (the same JSON in both)."""
     return {
@@ -438,10 +443,10 @@ def order_view(order: PaymentOrder, *, public_base_url: str) -> dict[str, Any]:
         "metadata": order.metadata,
         "cashier_url": f"{public_base_url.rstrip('/')}/cashier/{order.ref}",
         "close_reason": order.close_reason,
-        "created_at": order.created_at.isoformat(),
-        "expires_at": order.expires_at.isoformat(),
-        "paid_at": order.paid_at.isoformat() if order.paid_at else None,
-        "closed_at": order.closed_at.isoformat() if order.closed_at else None,
+        "created_at": _iso(order.created_at),
+        "expires_at": _iso(order.expires_at),
+        "paid_at": _iso(order.paid_at),
+        "closed_at": _iso(order.closed_at),
     }
 
 
@@ -461,8 +466,8 @@ def refund_view(refund: Refund, *, out_trade_no: str) -> dict[str, Any]:
         "channel_refund_no": refund.channel_refund_no,
         "failure_code": refund.failure_code,
         "failure_message": refund.failure_message,
-        "created_at": refund.created_at.isoformat(),
-        "finished_at": refund.finished_at.isoformat() if refund.finished_at else None,
+        "created_at": _iso(refund.created_at),
+        "finished_at": _iso(refund.finished_at),
     }
 
 
@@ -484,8 +489,8 @@ def payout_view(payout: Payout) -> dict[str, Any]:
         "channel_payout_no": payout.channel_payout_no,
         "failure_code": payout.failure_code,
         "failure_message": payout.failure_message,
-        "created_at": payout.created_at.isoformat(),
-        "finished_at": payout.finished_at.isoformat() if payout.finished_at else None,
+        "created_at": _iso(payout.created_at),
+        "finished_at": _iso(payout.finished_at),
     }
 
 
@@ -514,7 +519,7 @@ def _emit(
 
 
 def _order_digest(request: OrderRequest, fields: dict[str, Any]) -> str:
-    return request_digest({**fields, "expires_at": request.expires_at.isoformat() if request.expires_at else None})
+    return request_digest({**fields, "expires_at": _iso(request.expires_at)})
 
 
 def create_order(
