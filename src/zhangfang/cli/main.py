@@ -5,7 +5,10 @@
     zhangfang [--database-url URL] db upgrade | db current
     zhangfang ledger …            accounts, entries, holds, chain, day-end (``zhangfang.ledger.cli``)
     zhangfang merchants …         merchants: create, show, list, status (``zhangfang.parties.cli``)
-    zhangfang webhooks …          merchant webhook events: list, show, replay (``zhangfang.notify.cli``)
+    zhangfang webhooks …          merchant webhook events: list, show, replay; listen (``zhangfang.notify.cli``)
+    zhangfang payments …          payment orders: list, show, close; channel notifies (``zhangfang.payments.cli``)
+    zhangfang channels …          payment channels: list (routes, breakers), reset (``zhangfang.payments.cli``)
+    zhangfang client get|post     call the merchant API as a merchant, signed (``zhangfang.parties.client_cli``)
     zhangfang demo load           idempotent demo data
     zhangfang jobs run-once       one round of the periodic ledger jobs
     zhangfang jobs run            rounds until SIGTERM/SIGINT (``zhangfang worker`` is the same)
@@ -40,7 +43,10 @@ from zhangfang.ledger import service as ledger
 from zhangfang.ledger.cli import app as ledger_app
 from zhangfang.notify.cli import app as webhooks_app
 from zhangfang.parties.cli import app as merchants_app
+from zhangfang.parties.client_cli import app as client_app
 from zhangfang.payments import flows as payment_flows
+from zhangfang.payments.cli import app as payments_app
+from zhangfang.payments.cli import channels_app
 
 EXIT_REFUSED = 2
 EXIT_UNAUTHORIZED = 3
@@ -83,6 +89,9 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(merchants_app, name="merchants")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(payments_app, name="payments")
+app.add_typer(channels_app, name="channels")
+app.add_typer(client_app, name="client")
 
 
 @app.callback()
