@@ -176,13 +176,22 @@ class PaymentsEnv:
     # -- time passing
 
     def run_jobs(self, *, now: dt.datetime | None = None, rounds_max: int = 50) -> int:
-        """Runs due jobs until none is left (``now``: pretend it is then); returns how many ran."""
-        ran = 0
-        for _ in range(rounds_max):
-            counts = queue.run_once(self.engine, worker_id="test-worker", limit=50, now=now)
-            if not counts["claimed"]:
-                return ran
-            ran += counts["claimed"]
+        """Runs due jobs until none is left (``now``: pretend it is then); returns how many ran.
+
+        With ``now``, the payment job handlers live at ``now`` too: the queue
+        claims and records at ``now`` but calls each handler as ``fn(engine,
+        job)``, and the payment handlers read the clock through ``flows._now``.
+        """
+        with pytest.MonkeyPatch.context() as patch:
+            if now is not None:
+                at = now
+                patch.setattr(flows, "_now", lambda given=None: at if given is None else given.astimezone(dt.UTC))
+            ran = 0
+            for _ in range(rounds_max):
+                counts = queue.run_once(self.engine, worker_id="test-worker", limit=50, now=now)
+                if not counts["claimed"]:
+                    return ran
+                ran += counts["claimed"]
         raise AssertionError("jobs still due after many rounds")
 
     def wait_for(self, predicate: Callable[[], Any], *, timeout_seconds: float = 10.0, jobs: bool = True) -> Any:
@@ -224,8 +233,18 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     running.stop()
 
 
+@pytest.fixture(scope="module")
+def sandbox_registry(sandbox: Sandbox) -> Iterator[ChannelRegistry]:
+    """The sandbox's channels, loaded once per module (loading checks every key: a fraction of a second)."""
+    registry = sandbox.registry()
+    yield registry
+    registry.close()
+
+
 @pytest.fixture
-def payments(engine: Engine, sandbox: Sandbox, receiver: Any) -> Iterator[PaymentsEnv]:
+def payments(
+    engine: Engine, sandbox: Sandbox, sandbox_registry: ChannelRegistry, receiver: Any
+) -> Iterator[PaymentsEnv]:
     """The API with payments on this test's database, on a real port the channels notify."""
     port = _free_port()
     settings = Settings(
@@ -238,7 +257,7 @@ def payments(engine: Engine, sandbox: Sandbox, receiver: Any) -> Iterator[Paymen
         channel_cooldown_seconds=30,
         transaction_age_max_seconds=5,
     )
-    registry = sandbox.registry()
+    registry = sandbox_registry
     app = create_app(settings, engine, registry=registry)
     server = serve_in_thread(app, port=port)
     admin = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
@@ -250,4 +269,3 @@ def payments(engine: Engine, sandbox: Sandbox, receiver: Any) -> Iterator[Paymen
         server.stop()
         channel_registry.install(None)
         flows.install_settings(None)
-        registry.close()

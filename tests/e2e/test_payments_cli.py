@@ -257,7 +257,7 @@ def test_payments_close_closes_an_unpaid_order_once_and_tells_its_merchant(cli, 
     closed = cli("payments", "close", order["id"])
     assert closed.stdout.startswith(f"{order['id']} is closed: it can no longer be paid")
     after = payments.order(order["id"])
-    assert after["state"] == "closed" and after["close_reason"] == "merchant" and after["closed_at"]
+    assert after["state"] == "closed" and after["close_reason"] == "operator" and after["closed_at"]
     again = cli("payments", "close", order["id"])
     assert "was already closed" in again.stdout and "nothing changed" in again.stdout
     assert as_json(cli("payments", "close", order["id"], "--json")) == payments.order(order["id"])
@@ -317,9 +317,9 @@ def test_payments_notifies_lists_what_channels_sent_with_the_outcome_of_each(cli
 
     listed = as_json(cli("payments", "notifies", "--json"))
     assert listed == api(payments, "/v1/admin/channel-notifies")
-    assert [(n["outcome"], n["out_trade_no"]) for n in listed] == [("refused", None), ("applied", paid["attempt"])]
-    one = as_json(cli("payments", "notifies", "--out-trade-no", paid["attempt"], "--json"))
-    assert one == api(payments, "/v1/admin/channel-notifies", out_trade_no=paid["attempt"])
+    assert [(n["outcome"], n["ref"]) for n in listed] == [("refused", None), ("applied", paid["attempt"])]
+    one = as_json(cli("payments", "notifies", "--ref", paid["attempt"], "--json"))
+    assert one == api(payments, "/v1/admin/channel-notifies", ref=paid["attempt"])
     assert [n["outcome"] for n in one] == ["applied"]
     assert as_json(cli("payments", "notifies", "--limit", "1", "--json")) == listed[:1]
 
@@ -327,7 +327,7 @@ def test_payments_notifies_lists_what_channels_sent_with_the_outcome_of_each(cli
     applied = line_of(table, paid["attempt"])
     assert "alipay" in applied and "payment" in applied and "applied" in applied
     assert listed[0]["reason"] and listed[0]["reason"].split(":")[0] in line_of(table, "refused")
-    assert "no notifies" in cli("payments", "notifies", "--out-trade-no", "pat_nothing").stdout
+    assert "no notifies" in cli("payments", "notifies", "--ref", "pat_nothing").stdout
     assert cli("payments", "notifies", "--limit", "0", expect=2).stderr.startswith("error: limit_invalid: ")
 
 

@@ -365,8 +365,8 @@ def current() -> ChannelRegistry:
     return registry
 
 
-def install_from_settings(settings: Settings) -> ChannelRegistry | None:
-    """Loads and installs the channels the settings name, for a process that did not start them (a worker).
+def load_from_settings(settings: Settings) -> ChannelRegistry | None:
+    """Loads the channels the settings name, for a process that did not start them (a worker, a command).
 
     ``channels_file`` when set; else, in sandbox mode, the ``channels.toml``
     the server's sandbox wrote (a worker beside ``make run``); else nothing.
@@ -376,8 +376,14 @@ def install_from_settings(settings: Settings) -> ChannelRegistry | None:
         path = settings.sandbox_dir / "channels.toml"
     if path is None or (settings.channels_file is None and not path.exists()):
         return None
-    registry = load_registry(path)
-    install(registry)
+    return load_registry(path)
+
+
+def install_from_settings(settings: Settings) -> ChannelRegistry | None:
+    """``load_from_settings``, installed as the process's registry (a worker's job handlers use it)."""
+    registry = load_from_settings(settings)
+    if registry is not None:
+        install(registry)
     return registry
 
 

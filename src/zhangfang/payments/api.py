@@ -119,7 +119,7 @@ class PaymentOut(BaseModel):
     return_url: str | None
     metadata: dict[str, Any] | None
     cashier_url: str = Field(description="send the payer here to pay (收银台)")
-    close_reason: Literal["merchant", "expired"] | None
+    close_reason: Literal["merchant", "operator", "expired"] | None
     created_at: dt.datetime
     expires_at: dt.datetime
     paid_at: dt.datetime | None
@@ -249,8 +249,20 @@ class AdminRefundOut(RefundOut):
     attempt: str
 
 
-class AdminPaymentOut(PaymentOut):
-    merchant_id: str
+class AdminPaymentSummaryOut(PaymentOut):
+    merchant_id: str = Field(description="mch_…")
+
+    @classmethod
+    def of(cls, order: PaymentOrder, settings: Settings) -> AdminPaymentSummaryOut:
+        return cls(**payment_out(order, settings), merchant_id=order.merchant_ref)
+
+
+class AdminPaymentPage(BaseModel):
+    items: list[AdminPaymentSummaryOut]
+    next_cursor: str | None = Field(description="pass as cursor for older payments; null on the last page")
+
+
+class AdminPaymentOut(AdminPaymentSummaryOut):
     fee_rate: str
     attempt: str | None = Field(description="the paying attempt")
     entry: str | None = Field(description="the ledger entry of the payment")
@@ -262,7 +274,9 @@ class NotifyOut(BaseModel):
     channel: str
     kind: str
     notify_id: str | None
-    out_trade_no: str | None = Field(description="our attempt, refund or payout id")
+    ref: str | None = Field(
+        description="what it is about: our attempt (pat_…, the channel's out_trade_no), refund (rfd_…) or payout (po_…)"
+    )
     outcome: str = Field(
         description="applied, already_applied, duplicate, no_change, refused (signature), amount_mismatch, "
         "unknown_attempt, unknown_refund, unknown_payout, already_finished"
@@ -284,6 +298,7 @@ class RouteOut(BaseModel):
 
 class ChannelOut(BaseModel):
     code: str
+    enabled: bool = Field(description="a disabled channel takes no new payments; its old ones are still followed")
     connection: str = Field(description="direct (直连) or indirect (间连)")
     breaker: Literal["closed", "open", "half_open"] = Field(
         description="closed: in rotation; open: cooling down after failures; half_open: the next call is a trial"
@@ -591,7 +606,7 @@ def admin_payment_out(conn: Connection, order: PaymentOrder, settings: Settings)
 
 @admin_router.get(
     "/payments",
-    response_model=PaymentPage,
+    response_model=AdminPaymentPage,
     summary="Payments of every merchant (or one), newest first",
     responses={
         404: error_doc("merchant_not_found"),
@@ -605,12 +620,12 @@ def admin_list_payments(
     limit: int = LimitQuery,
     engine: Engine = Depends(get_engine),
     settings: Settings = Depends(get_settings),
-) -> PaymentPage:
-    def read(conn: Connection) -> PaymentPage:
+) -> AdminPaymentPage:
+    def read(conn: Connection) -> AdminPaymentPage:
         internal = parties.get_merchant(conn, ref=merchant_id).id if merchant_id is not None else None
         page = service.list_orders(conn, merchant_id=internal, state=state, cursor=cursor, limit=limit)
-        return PaymentPage(
-            items=[PaymentOut(**payment_out(o, settings)) for o in page.items], next_cursor=page.next_cursor
+        return AdminPaymentPage(
+            items=[AdminPaymentSummaryOut.of(o, settings) for o in page.items], next_cursor=page.next_cursor
         )
 
     return run_in_transaction(engine, read, readonly=True)
@@ -639,13 +654,11 @@ def admin_get_payment(
     responses={422: error_doc("request_invalid, limit_invalid")},
 )
 def admin_list_notifies(
-    out_trade_no: str | None = Query(default=None, description="only those about this attempt, refund or payout"),
+    ref: str | None = Query(default=None, description="only those about this attempt, refund or payout"),
     limit: int = Query(default=100, description="1 to 500"),
     engine: Engine = Depends(get_engine),
 ) -> list[NotifyOut]:
-    rows = run_in_transaction(
-        engine, lambda conn: service.list_notifies(conn, out_trade_no=out_trade_no, limit=limit), readonly=True
-    )
+    rows = run_in_transaction(engine, lambda conn: service.list_notifies(conn, ref=ref, limit=limit), readonly=True)
     return [NotifyOut(**row) for row in rows]
 
 
@@ -660,6 +673,7 @@ def channels_out(conn: Connection, registry: ChannelRegistry, settings: Settings
         items.append(
             ChannelOut(
                 code=code,
+                enabled=registry.is_enabled(code),
                 connection=registry.adapter(code).connection,
                 breaker=entry.state(now, settings.channel_failure_threshold) if entry else "closed",
                 consecutive_failures=entry.consecutive_failures if entry else 0,

@@ -12,9 +12,9 @@ API's, built by the same functions (``payments.api``): ``payments list`` is
 tables and integer minor units (``1234``) in JSON.
 
 An operator's ``payments close`` is not scoped to a merchant; it closes the
-order as the merchant's close would (the order's ``close_reason`` is
-``merchant``, its merchant hears ``payment.closed``), and its attempts still
-open at channels are closed there by ``zhangfang worker``.
+order as the merchant's close would, with ``close_reason`` ``operator`` (its
+merchant hears ``payment.closed``), and its attempts still open at channels are
+closed there by ``zhangfang worker``.
 
 The ``channels`` commands read the channels the settings name
 (``ZHANGFANG_CHANNELS_FILE``, or the sandbox's ``channels.toml`` with
@@ -55,13 +55,12 @@ from zhangfang.parties import service as parties
 from zhangfang.payments import errors, routing, service
 from zhangfang.payments.api import (
     AdminPaymentOut,
+    AdminPaymentPage,
+    AdminPaymentSummaryOut,
     ChannelList,
     NotifyOut,
-    PaymentOut,
-    PaymentPage,
     admin_payment_out,
     channels_out,
-    payment_out,
 )
 from zhangfang.payments.models import ChannelHealth, Page, PaymentOrder
 
@@ -204,7 +203,7 @@ def print_notifies(items: list[NotifyOut]) -> None:
     table.add_column("reason")
     for n in items:
         table.add_row(
-            _time(n.received_at), n.channel, n.kind, n.out_trade_no or "", n.outcome, n.notify_id or "", n.reason or ""
+            _time(n.received_at), n.channel, n.kind, n.ref or "", n.outcome, n.notify_id or "", n.reason or ""
         )
     console().print(table)
     if not items:
@@ -232,8 +231,8 @@ def payments_list(
 
     page = run_in_transaction(cli_state.engine, read, readonly=True)
     if as_json:
-        items = [PaymentOut(**payment_out(o, cli_state.settings)) for o in page.items]
-        print_json(PaymentPage(items=items, next_cursor=page.next_cursor).model_dump(mode="json"))
+        items = [AdminPaymentSummaryOut.of(o, cli_state.settings) for o in page.items]
+        print_json(AdminPaymentPage(items=items, next_cursor=page.next_cursor).model_dump(mode="json"))
         return
     print_orders(page.items)
     if page.next_cursor:
@@ -275,7 +274,7 @@ def payments_close(
 
     def close(conn: Connection) -> tuple[bool, AdminPaymentOut]:
         was_closed = service.get_order(conn, ref=payment_id).state == "closed"
-        order = service.close_order(conn, ref=payment_id, settings=cli_state.settings)
+        order = service.close_order(conn, ref=payment_id, reason="operator", settings=cli_state.settings)
         return was_closed, admin_payment_out(conn, order, cli_state.settings)
 
     was_closed, view = run_in_transaction(cli_state.engine, close)
@@ -294,11 +293,9 @@ def payments_close(
 @app.command("notifies")
 def payments_notifies(
     ctx: typer.Context,
-    out_trade_no: Annotated[
+    ref: Annotated[
         str | None,
-        typer.Option(
-            help="Only those about this attempt, refund or payout (pat_…, rfd_…, po_…: the out_trade_no channels see)."
-        ),
+        typer.Option(help="Only those about this attempt, refund or payout (pat_…, rfd_…, po_…)."),
     ] = None,
     limit: Annotated[int, typer.Option(help="How many, 1 to 500.")] = 100,
     as_json: JsonFlag = False,
@@ -306,7 +303,7 @@ def payments_notifies(
     """The latest notifies channels sent, newest first, with what became of each (refused ones too)."""
     rows = run_in_transaction(
         get_state(ctx).engine,
-        lambda conn: service.list_notifies(conn, out_trade_no=out_trade_no, limit=limit),
+        lambda conn: service.list_notifies(conn, ref=ref, limit=limit),
         readonly=True,
     )
     items = [NotifyOut(**row) for row in rows]
@@ -321,11 +318,9 @@ def payments_notifies(
 
 @contextlib.contextmanager
 def configured_channels(settings: Settings) -> Iterator[ChannelRegistry]:
-    """The channels the settings name, loaded as a worker loads them; closed, and the process's previous
-    registry put back, when the command is done."""
-    previous = channel_registry.installed()
+    """The channels the settings name, loaded as a worker loads them; closed when the command is done."""
     try:
-        registry = channel_registry.install_from_settings(settings)
+        registry = channel_registry.load_from_settings(settings)
     except ChannelConfigInvalid as error:
         raise ChannelsFileInvalid(str(error), field="channels_file") from None
     if registry is None:
@@ -336,7 +331,6 @@ def configured_channels(settings: Settings) -> Iterator[ChannelRegistry]:
     try:
         yield registry
     finally:
-        channel_registry.install(previous)
         registry.close()
 
 

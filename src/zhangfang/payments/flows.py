@@ -303,7 +303,7 @@ def handle_notify(
             channel=channel,
             kind=kind,
             notify_id=notify_id,
-            out_trade_no=ref,
+            ref=ref,
             outcome=outcome,
             reason=reason,
             body=body,
@@ -314,7 +314,7 @@ def handle_notify(
         notify = adapter.parse_notify(headers, body)
     except NotifyInvalid as error:
         logger.warning("payments: refused a notify on %s: %s (%s)", channel, error, error.code)
-        reason = f"{error.code}: {error}"
+        reason = f"{error.code or 'notify_invalid'}: {error}"
         run_in_transaction(engine, lambda conn: record("unknown", None, None, "refused", reason, conn))
         return adapter.ack_notify(False)
 
@@ -322,7 +322,10 @@ def handle_notify(
         ref = notify.out_refund_no
 
         def apply_refund(conn: Connection) -> str:
-            refund = service.get_refund(conn, ref=ref) if ref else None
+            try:
+                refund: Refund | None = service.get_refund(conn, ref=ref or "")
+            except errors.RefundNotFound:
+                refund = None
             if refund is None or refund.channel != channel:
                 outcome = "unknown_refund"
             elif notify.state == "succeeded":
@@ -348,13 +351,7 @@ def handle_notify(
             record("refund", notify.notify_id, ref, outcome, None, conn)
             return outcome
 
-        try:
-            outcome = run_in_transaction(engine, apply_refund)
-        except errors.RefundNotFound:
-            run_in_transaction(
-                engine, lambda conn: record("refund", notify.notify_id, ref, "unknown_refund", None, conn)
-            )
-            outcome = "unknown_refund"
+        outcome = run_in_transaction(engine, apply_refund)
         return adapter.ack_notify(outcome != "unknown_refund")
 
     ref = notify.out_trade_no
@@ -381,6 +378,7 @@ def handle_notify(
         reason = None
         if outcome == "amount_mismatch":
             reason = f"notify says {notify.amount_minor} {notify.currency}"
+            _flag_mismatch(conn, ref, notify.amount_minor, notify.currency, now)
         record("payment", notify.notify_id, ref, outcome, reason, conn)
         return outcome
 
@@ -409,7 +407,7 @@ def handle_payout_notify(
             channel=channel,
             kind="payout",
             notify_id=notify_id,
-            out_trade_no=ref,
+            ref=ref,
             outcome=outcome,
             reason=reason,
             body=body,
@@ -423,7 +421,7 @@ def handle_payout_notify(
         notify = parse(headers, body)
     except NotifyInvalid as error:
         logger.warning("payments: refused a payout notify on %s: %s", channel, error)
-        reason = f"{error.code}: {error}"
+        reason = f"{error.code or 'notify_invalid'}: {error}"
         run_in_transaction(engine, lambda conn: record(None, None, "refused", reason, conn))
         return adapter.ack_notify(False)
     status = notify.status
@@ -467,9 +465,9 @@ def _apply_status(
 ) -> str:
     """Records what a query said about an attempt; returns the outcome (``pending`` when nothing changed)."""
     if status.state == "succeeded":
-        return run_in_transaction(
-            engine,
-            lambda conn: service.apply_payment_success(
+
+        def apply(conn: Connection) -> str:
+            outcome = service.apply_payment_success(
                 conn,
                 attempt_ref=attempt.ref,
                 amount=status.amount_minor,
@@ -478,12 +476,24 @@ def _apply_status(
                 paid_at=status.paid_at,
                 settings=settings,
                 now=now,
-            ),
-        )
+            )
+            if outcome == "amount_mismatch":
+                _flag_mismatch(conn, attempt.ref, status.amount_minor, status.currency, now)
+            return outcome
+
+        return run_in_transaction(engine, apply)
     if status.state in ("closed", "failed"):
         run_in_transaction(engine, lambda conn: service.mark_attempt_closed(conn, ref=attempt.ref, now=now))
         return "closed"
     return "pending"
+
+
+def _flag_mismatch(conn: Connection, ref: str, amount: int | None, currency: str | None, now: dt.datetime) -> None:
+    """The channel says it took another amount than the attempt's: nothing is booked, and operators must look
+    (the attempt carries ``amount_mismatch`` until reconciliation resolves it)."""
+    service.flag_attempt(
+        conn, ref=ref, code="amount_mismatch", message=f"the channel reports {amount} {currency}", now=now
+    )
 
 
 def _query(

@@ -32,7 +32,8 @@ AttemptState = Literal["opening", "open", "succeeded", "failed", "closed"]
 RefundState = Literal["processing", "succeeded", "failed"]
 PayoutState = Literal["processing", "succeeded", "failed"]
 RefundKind = Literal["merchant", "duplicate"]
-CloseReason = Literal["merchant", "expired"]
+CloseReason = Literal["merchant", "operator", "expired"]
+CLOSE_REASONS: tuple[str, ...] = ("merchant", "operator", "expired")
 
 ORDER_STATES: tuple[str, ...] = ("pending", "succeeded", "refunded", "closed")
 ATTEMPT_STATES: tuple[str, ...] = ("opening", "open", "succeeded", "failed", "closed")
@@ -275,20 +276,6 @@ class ChannelHealth:
         if self.open_until is not None and now < self.open_until:
             return "open"
         return "half_open"
-
-
-@dataclass(frozen=True)
-class NotifyRecord:
-    """One notify a channel sent us, as received and judged (every one is kept, forged ones too)."""
-
-    id: int
-    channel: str
-    kind: str
-    notify_id: str | None
-    out_trade_no: str | None
-    outcome: str
-    reason: str | None
-    received_at: dt.datetime
 
 
 @dataclass(frozen=True)

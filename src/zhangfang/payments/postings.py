@@ -24,11 +24,12 @@ retried job or a duplicated notify can never post twice:
   Cr fee income = fee. Key ``payment:<pat_…>``.
 - duplicate payment (``duplicate_payment``): Dr clearing; Cr duplicate payments.
   Key ``payment:<pat_…>`` too: an attempt is booked once, one way or the other.
-- merchant refund: at request a hold (冻结) Dr merchant / Cr clearing of the whole
-  refund, so the merchant's funds are reserved while the channel works; on
-  success the hold is posted for the refund minus the fee returned, and the fee
-  returned moves Dr fee income / Cr clearing (``refund_fee_return``). On failure
-  the hold is voided.
+- merchant refund: at request a hold (冻结) Dr merchant / Cr clearing of the most
+  the merchant can owe for it (``refund_hold_for``), so the merchant's funds are
+  reserved while the channel works; on success the hold is posted for the
+  refund minus the fee returned (the rest of the hold, a fen at most, released),
+  and the fee returned moves Dr fee income / Cr clearing (``refund_fee_return``).
+  On failure the hold is voided.
 - duplicate refund (``duplicate_refund``): Dr duplicate payments; Cr clearing.
 - payout (代付): a hold Dr merchant / Cr the paying bank's clearing account at
   request; posted on success, voided on failure.
@@ -122,6 +123,22 @@ def fee_returned_for(*, fee: int, amount: int, refunded_before: int, refund: int
     returned = share(refunded_before + refund) - share(refunded_before)
     assert 0 <= returned <= refund, (fee, amount, refunded_before, refund)
     return returned
+
+
+def refund_hold_for(*, fee: int, amount: int, refund: int) -> int:
+    """What a refund reserves from the merchant: the refund less the least part of the fee it can return.
+
+    The part returned (``fee_returned_for``) is ``round(fee × refunded / amount)``
+    after minus before, which is never less than ``floor(fee × refund / amount)``
+    (rounding is monotonic and commutes with adding whole fen), so the hold
+    always covers what the refund finally takes from the merchant, whatever
+    other refunds succeed or fail meanwhile. It exceeds it by a fen at most; with
+    several refunds of one order in flight at once, a merchant with no other
+    funds may therefore need a fen or two more than it finally gives back.
+    """
+    held = refund - fee * refund // amount
+    assert 1 <= held <= refund, (fee, amount, refund)
+    return held
 
 
 def _legs(*legs: tuple[str, str, int, str]) -> tuple[Leg, ...]:

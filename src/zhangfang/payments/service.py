@@ -39,6 +39,7 @@ Guarantees
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -51,7 +52,7 @@ from sqlalchemy.engine import Connection, Row
 from zhangfang import ids, money
 from zhangfang.channels.registry import ChannelRegistry, Route
 from zhangfang.config import Settings, get_settings
-from zhangfang.db.sql import canonical_json, insert_ignoring_conflict, request_digest
+from zhangfang.db.sql import insert_ignoring_conflict, request_digest
 from zhangfang.errors import InvalidInput
 from zhangfang.jobs import queue
 from zhangfang.ledger import errors as ledger_errors
@@ -61,6 +62,7 @@ from zhangfang.parties.models import Merchant
 from zhangfang.payments import errors, postings
 from zhangfang.payments.models import (
     ATTEMPT_TRANSITIONS,
+    CLOSE_REASONS,
     LIVE_ATTEMPT_STATES,
     ORDER_STATES,
     ORDER_TRANSITIONS,
@@ -190,7 +192,8 @@ def _check_metadata(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
         raise errors.MetadataInvalid("metadata is a JSON object", field="metadata")
     try:
-        text = canonical_json(dict(value))
+        # Not canonical_json: its default=str would let any object through, and NaN is not JSON (PostgreSQL refuses it).
+        text = json.dumps(dict(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError):
         raise errors.MetadataInvalid("metadata is a JSON object", field="metadata") from None
     if len(text.encode()) > METADATA_BYTES_MAX:
@@ -665,6 +668,7 @@ def close_order(
     there by jobs (``payments.close_attempt``), which first ask the channel
     whether the payer paid in the meantime — such a payment is refunded.
     """
+    assert reason in CLOSE_REASONS, reason
     settings = settings or get_settings()
     now = _now(now)
     row = _order_row(conn, ref=ref, merchant_id=merchant_id, lock=True)
@@ -839,6 +843,15 @@ def mark_attempt_closed(conn: Connection, *, ref: str, now: dt.datetime | None =
         return False
     _move_attempt(conn, row, "closed", now)
     return True
+
+
+def flag_attempt(conn: Connection, *, ref: str, code: str, message: str, now: dt.datetime | None = None) -> None:
+    """Notes an anomaly on an attempt for operators (``error_code``), without changing its state."""
+    conn.execute(
+        payment_attempts.update()
+        .where(payment_attempts.c.ref == ref)
+        .values(error_code=_excerpt(code, 64), error_message=_excerpt(message), updated_at=_now(now))
+    )
 
 
 def schedule_poll(
@@ -1060,7 +1073,11 @@ def create_refund(
             refunded=order.refunded,
             refunding=order.refunding,
         )
-    assert order.channel is not None and order.attempt_ref is not None
+    assert order.channel is not None and order.attempt_ref is not None and order.fee is not None
+    # The merchant gives back the refund less the part of our fee it returns. That part is known only when
+    # the refund succeeds (it depends on what is refunded by then), so reserve the most the merchant can owe:
+    # the refund less the least the fee's part can be (see ``postings.refund_hold_for``).
+    held = postings.refund_hold_for(fee=order.fee, amount=order.amount, refund=amount)
     ref = ids.new_id("rfd")
     try:
         hold_ref = postings.hold_merchant_funds(
@@ -1069,7 +1086,7 @@ def create_refund(
             business_code=postings.CODE_REFUND,
             merchant_ref=order.merchant_ref,
             channel=order.channel,
-            amount=amount,
+            amount=held,
             currency=order.currency,
             metadata={"refund": ref, "payment": order.ref},
             now=now,
@@ -1154,7 +1171,7 @@ def complete_refund(
     fee_returned = postings.fee_returned_for(
         fee=order_row.fee, amount=order_row.amount, refunded_before=order_row.refunded, refund=row.amount
     )
-    net = row.amount - fee_returned
+    net = row.amount - fee_returned  # never more than the hold: ``postings.refund_hold_for``
     if net:
         entry_ref = postings.post_held(conn, hold_ref=row.hold_ref, key=f"refund:{ref}:post", amount=net, now=now)
     else:
@@ -1438,7 +1455,7 @@ def record_notify(
     channel: str,
     kind: str,
     notify_id: str | None,
-    out_trade_no: str | None,
+    ref: str | None,
     outcome: str,
     reason: str | None,
     body: bytes,
@@ -1450,7 +1467,7 @@ def record_notify(
             channel=channel,
             kind=kind,
             notify_id=_excerpt(notify_id, 128),
-            out_trade_no=_excerpt(out_trade_no, 64),
+            ref=_excerpt(ref, 64),
             outcome=outcome,
             reason=_excerpt(reason),
             body_excerpt=body[:EXCERPT_LENGTH_MAX].decode("utf-8", "replace")[:EXCERPT_LENGTH_MAX],
@@ -1459,9 +1476,9 @@ def record_notify(
     )
 
 
-def list_notifies(conn: Connection, *, out_trade_no: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """The latest notifies received, newest first (for operators), optionally about one attempt or refund."""
+def list_notifies(conn: Connection, *, ref: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """The latest notifies received, newest first (for operators), optionally about one attempt, refund or payout."""
     query = sa.select(channel_notifies).order_by(channel_notifies.c.id.desc()).limit(_check_limit(limit))
-    if out_trade_no is not None:
-        query = query.where(channel_notifies.c.out_trade_no == out_trade_no)
+    if ref is not None:
+        query = query.where(channel_notifies.c.ref == ref)
     return [dict(row._mapping) for row in conn.execute(query).all()]

@@ -41,7 +41,9 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(length=64), nullable=False),
         sa.Column("kind", sa.String(length=10), nullable=False, comment="payment | refund | payout | unknown"),
         sa.Column("notify_id", sa.String(length=128), nullable=True, comment="the channel's id; retries repeat it"),
-        sa.Column("out_trade_no", sa.String(length=64), nullable=True, comment="our attempt, refund or payout ref"),
+        sa.Column(
+            "ref", sa.String(length=64), nullable=True, comment="what it is about: our attempt, refund or payout ref"
+        ),
         sa.Column("outcome", sa.String(length=20), nullable=False),
         sa.Column("reason", sa.String(length=500), nullable=True),
         sa.Column("body_excerpt", sa.String(length=2000), nullable=True),
@@ -78,7 +80,7 @@ def upgrade() -> None:
         sa.Column("channel_trade_no", sa.String(length=64), nullable=True),
         sa.Column("attempt_ref", sa.String(length=40), nullable=True, comment="the paying attempt"),
         sa.Column("entry_ref", sa.String(length=40), nullable=True, comment="the ledger entry of the payment"),
-        sa.Column("close_reason", sa.String(length=10), nullable=True, comment="merchant | expired"),
+        sa.Column("close_reason", sa.String(length=10), nullable=True, comment="merchant | operator | expired"),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -89,7 +91,7 @@ def upgrade() -> None:
             name=op.f("ck_payment_orders_paid_has_payment"),
         ),
         sa.CheckConstraint(
-            "state != 'closed' OR (closed_at IS NOT NULL AND close_reason IN ('merchant', 'expired'))",
+            "state != 'closed' OR (closed_at IS NOT NULL AND close_reason IN ('merchant', 'operator', 'expired'))",
             name=op.f("ck_payment_orders_closed_has_reason"),
         ),
         sa.CheckConstraint("state != 'refunded' OR refunded = amount", name=op.f("ck_payment_orders_refunded_in_full")),
