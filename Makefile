@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 export ZHANGFANG_ADMIN_API_KEY ?= zf-demo-admin-key
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install lint bench bench-payments clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test: lint
 
 bench: install
 	$(BIN)/python benchmarks/ledger_throughput.py
+
+bench-payments: install
+	$(BIN)/python benchmarks/payments_api.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

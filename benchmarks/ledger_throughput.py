@@ -42,10 +42,10 @@ from sqlalchemy.engine import make_url
 from zhangfang import ids
 from zhangfang.db.engine import create_engine
 from zhangfang.db.migrate import upgrade
+from zhangfang.db.sql import request_digest
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import AccountRequest, EntryRequest, Leg
-from zhangfang.ledger.posting import request_hash
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BATCH_SIZE = 1_000
@@ -142,7 +142,7 @@ def storage_rows(engine, wallets: list[str], batch: int, first_id: int, open_dat
         debit, credit = random.sample(wallets, 2)
         key = f"raw-{batch}-{i}"
         entries.append(
-            (entry_id, ids.new_id("je"), key, request_hash({"k": key}), "entry", "bench", open_date, None, now)
+            (entry_id, ids.new_id("je"), key, request_digest({"k": key}), "entry", "bench", open_date, None, now)
         )
         postings.append((entry_id, 0, account_ids[debit], "debit", "posted", 5, "CNY"))
         postings.append((entry_id, 1, account_ids[credit], "credit", "posted", 5, "CNY"))
