@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         default=Path("var/sandbox"),
         description="Where the sandbox keeps its generated keys and its channels.toml (workers read it from there).",
     )
+    merchant_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long an API process trusts a merchant it read (status, keys) before reading it again; "
+        "changes made through the same process apply at once. 0: read on every request.",
+    )
     payment_expiry_seconds: int = Field(
         default=1800, ge=60, le=7 * 86400, description="How long an order stays payable when it names no expiry."
     )

@@ -27,12 +27,16 @@ admin_bearer = HTTPBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies below are ``async`` on purpose: a plain ``def`` dependency runs in the threadpool, and a
+# hop there and back costs more than the work they do (each merchant request would pay three).
+
+
+async def get_settings(request: Request) -> Settings:
     """Returns the settings the app was created with."""
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     """Returns the app's engine; handlers open their unit of work on it."""
     return request.app.state.engine
 

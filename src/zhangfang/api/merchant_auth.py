@@ -37,9 +37,16 @@ Guarantees
 - The signature is checked over the raw body bytes FastAPI then parses (the
   body is read once; Starlette keeps it), before the body is parsed, so a
   caller without a valid signature never learns how the body would be judged.
-- A refused request writes nothing. An accepted one records its nonce in a
-  transaction of its own, before the handler runs: the same signed request is
-  accepted at most once (``nonce_replayed``), even if its handler then fails.
+- A refused request writes nothing. An accepted one records its nonce: an
+  idempotent POST in its handler's transaction, as its first statement (one
+  commit per request, not two); any other request in a transaction of its own
+  before the handler runs; and a request whose handler refused it, or never
+  ran (a malformed body), in a transaction of its own after. Either way the
+  same signed request is accepted at most once (``nonce_replayed``), even if
+  its handler then fails.
+- Merchants are cached per process for ``merchant_cache_seconds`` (1 s by
+  default): a change made through this process's admin API takes effect at
+  once, one made elsewhere (another API process, the CLI) within that time.
   Nonces are kept ``NONCE_RETENTION_SECONDS`` (twice the window: a request is
   acceptable from 300 s before its timestamp to 300 s after), then pruned.
 - Every response to an authenticated request — success or error — carries
@@ -98,6 +105,9 @@ logger = logging.getLogger("zhangfang.api.merchant_auth")
 
 SCOPE_MERCHANT = "zhangfang.merchant"
 SCOPE_SIGNER = "zhangfang.response_signer"
+SCOPE_NONCE = "zhangfang.pending_nonce"
+SCOPE_DEFER_NONCE = "zhangfang.defer_nonce"
+MERCHANT_CACHE_SIZE_MAX = 10_000
 HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
 HEADER_IDEMPOTENCY_REPLAYED = "Idempotency-Replayed"
 NONCE_RETENTION_SECONDS = 2 * signing.TIMESTAMP_TOLERANCE_SECONDS
@@ -141,7 +151,13 @@ def _load_platform_key(request: Request) -> _LoadedPlatformKey:
 
 async def platform_key(request: Request) -> PlatformKey:
     """The platform's response-signing key (generated and stored on first use), cached for the app's life."""
-    return (await run_in_threadpool(_load_platform_key, request)).key
+    return (await _platform_key_loaded(request)).key
+
+
+async def _platform_key_loaded(request: Request) -> _LoadedPlatformKey:
+    """The cached key without leaving the event loop; the first call loads it in the threadpool."""
+    loaded: _LoadedPlatformKey | None = getattr(request.app.state, "zhangfang_platform_key", None)
+    return loaded if loaded is not None else await run_in_threadpool(_load_platform_key, request)
 
 
 # --------------------------------------------------------------------------- authentication
@@ -191,13 +207,41 @@ def _prune_nonces_now_and_then(engine: Engine, now: float) -> None:
         logger.warning("pruning request nonces failed; trying again later", exc_info=True)
 
 
-def _check_credentials(
-    engine: Engine, *, app_id: str, sign_type: str, nonce: str, message: str, signature: str, now: float
-) -> Merchant:
-    """Rules 4-8 of the precedence: they need the database. Runs in a worker thread."""
-    merchant = run_in_transaction(
-        engine, lambda conn: parties.find_merchant_by_app_id(conn, app_id=app_id), readonly=True
+# --------------------------------------------------------------------------- merchants, cached briefly
+
+
+def _merchants(state: Any) -> dict[str, tuple[float, Merchant]]:
+    cache: dict[str, tuple[float, Merchant]] | None = getattr(state, "zhangfang_merchants", None)
+    if cache is None:
+        cache = state.zhangfang_merchants = {}
+    return cache
+
+
+def forget_merchant(request: Request, app_id: str) -> None:
+    """Drops a merchant from this app's cache at once (its status or credentials just changed here)."""
+    _merchants(request.app.state).pop(app_id, None)
+
+
+async def _merchant(request: Request, app_id: str) -> Merchant | None:
+    """The merchant with this app_id: from the cache while fresh, else read (in the threadpool) and cached."""
+    cache = _merchants(request.app.state)
+    ttl = request.app.state.settings.merchant_cache_seconds
+    cached = cache.get(app_id)
+    if cached is not None and time.monotonic() - cached[0] < ttl:
+        return cached[1]
+    engine: Engine = request.app.state.engine
+    merchant = await run_in_threadpool(
+        run_in_transaction, engine, lambda conn: parties.find_merchant_by_app_id(conn, app_id=app_id), readonly=True
     )
+    if merchant is not None and ttl > 0:
+        if len(cache) >= MERCHANT_CACHE_SIZE_MAX:
+            cache.clear()
+        cache[app_id] = (time.monotonic(), merchant)
+    return merchant
+
+
+def _check_credentials(merchant: Merchant | None, *, sign_type: str, message: str, signature: str) -> Merchant:
+    """Rules 4-7 of the precedence, on the merchant the app_id names."""
     if merchant is None:
         raise errors.AppIdUnknown("no merchant has this app_id", field=signing.HEADER_APP_ID)
     if sign_type != merchant.sign_type:
@@ -215,16 +259,49 @@ def _check_credentials(
         )
     if not merchant.is_active:
         raise errors.MerchantNotActive(f"the merchant is {merchant.status}", status=merchant.status)
-    seen_at = dt.datetime.fromtimestamp(now, dt.UTC)
-    accepted = run_in_transaction(
-        engine, lambda conn: parties.record_nonce(conn, app_id=app_id, nonce=nonce, now=seen_at)
-    )
-    if not accepted:
-        raise errors.NonceReplayed(
-            "this nonce was used before; every request needs a new one", field=signing.HEADER_NONCE
-        )
-    _prune_nonces_now_and_then(engine, now)
     return merchant
+
+
+# --------------------------------------------------------------------------- nonces (rule 8)
+
+
+@dataclass
+class PendingNonce:
+    """An accepted request's nonce, still to be recorded: by the handler's transaction, or after it."""
+
+    app_id: str
+    nonce: str
+    seen_at: dt.datetime
+    recorded: bool = False
+
+
+def _nonce_replayed() -> errors.NonceReplayed:
+    return errors.NonceReplayed("this nonce was used before; every request needs a new one", field=signing.HEADER_NONCE)
+
+
+def record_pending_nonce(conn: Connection, scope: Scope) -> None:
+    """Records the request's nonce in the caller's transaction (an idempotent POST's), first thing.
+
+    Raises ``nonce_replayed`` — unsigned, as every refusal of authentication —
+    when the nonce was used before. Once the caller commits, the nonce counts
+    as recorded; if the caller rolls back, ``MerchantRoute`` records it alone.
+    """
+    pending: PendingNonce | None = scope.get(SCOPE_NONCE)
+    if pending is None or pending.recorded:
+        return
+    if not parties.record_nonce(conn, app_id=pending.app_id, nonce=pending.nonce, now=pending.seen_at):
+        scope.pop(SCOPE_SIGNER, None)
+        raise _nonce_replayed()
+
+
+def _record_nonce_alone(engine: Engine, pending: PendingNonce) -> bool:
+    """Records a nonce in a transaction of its own; False when it was used before."""
+    accepted = run_in_transaction(
+        engine, lambda conn: parties.record_nonce(conn, app_id=pending.app_id, nonce=pending.nonce, now=pending.seen_at)
+    )
+    pending.recorded = True
+    _prune_nonces_now_and_then(engine, pending.seen_at.timestamp())
+    return accepted
 
 
 async def authenticate(request: Request) -> Merchant:
@@ -271,18 +348,19 @@ async def authenticate(request: Request) -> Merchant:
     message = signing.canonical_request(
         method=request.method, path=path, query=query, timestamp=timestamp, nonce=nonce, body=body
     )
-    merchant = await run_in_threadpool(
-        _check_credentials,
-        request.app.state.engine,
-        app_id=app_id,
+    merchant = _check_credentials(
+        await _merchant(request, app_id),
         sign_type=sign_type,
-        nonce=nonce,
         message=message,
         signature=values[signing.HEADER_SIGNATURE],
-        now=now,
     )
+    pending = PendingNonce(app_id=app_id, nonce=nonce, seen_at=dt.datetime.fromtimestamp(now, dt.UTC))
+    if request.scope.get(SCOPE_DEFER_NONCE):
+        request.scope[SCOPE_NONCE] = pending
+    elif not await run_in_threadpool(_record_nonce_alone, request.app.state.engine, pending):
+        raise _nonce_replayed()
     if merchant.sign_type == signing.SIGN_TYPE_RSA2:
-        loaded = await run_in_threadpool(_load_platform_key, request)
+        loaded = await _platform_key_loaded(request)
         signer = ResponseSigner(sign_type=signing.SIGN_TYPE_RSA2, private_key=loaded.private_key)
     else:
         signer = ResponseSigner(sign_type=signing.SIGN_TYPE_HMAC, hmac_secret=merchant.hmac_secret)
@@ -354,15 +432,29 @@ class MerchantRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()
+        defers_nonce = _uses(self.dependant, idempotent_post)
 
         async def authenticated(request: Request) -> Response:
+            # An idempotent POST records the nonce in its own transaction (one commit per request, not two);
+            # whatever does not reach that transaction records it here, after.
+            request.scope[SCOPE_DEFER_NONCE] = defers_nonce
             await authenticate(request)
-            return await handler(request)
+            try:
+                return await handler(request)
+            finally:
+                pending: PendingNonce | None = request.scope.get(SCOPE_NONCE)
+                if pending is not None and not pending.recorded:
+                    await run_in_threadpool(_record_nonce_alone, request.app.state.engine, pending)
 
         return authenticated
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().handle(scope, receive, _signing_send(scope, send))
+
+
+def _uses(dependant: Any, dependency: Callable[..., Any]) -> bool:
+    """True when ``dependency`` is among the dependencies of a route (at any depth)."""
+    return any(d.call is dependency or _uses(d, dependency) for d in dependant.dependencies)
 
 
 # --------------------------------------------------------------------------- idempotent POSTs
@@ -380,6 +472,7 @@ class IdempotentPost:
     app_id: str
     key: str
     request_hash: str
+    scope: Scope = field(repr=False, compare=False)
 
     def _replay(self, record: IdempotencyRecord) -> Response:
         if record.request_hash != self.request_hash:
@@ -404,6 +497,7 @@ class IdempotentPost:
         """
 
         def attempt(conn: Connection) -> Response:
+            record_pending_nonce(conn, self.scope)
             record = parties.find_idempotency_record(conn, app_id=self.app_id, key=self.key)
             if record is not None:
                 return self._replay(record)
@@ -421,7 +515,12 @@ class IdempotentPost:
                 raise RetryableConflict("a concurrent request recorded this Idempotency-Key first")
             return Response(content=body, status_code=status_code, media_type="application/json")
 
-        return run_in_transaction(engine, attempt)
+        response = run_in_transaction(engine, attempt)
+        pending: PendingNonce | None = self.scope.get(SCOPE_NONCE)
+        if pending is not None:
+            pending.recorded = True  # committed with the answer
+            _prune_nonces_now_and_then(engine, pending.seen_at.timestamp())
+        return response
 
 
 def request_fingerprint(method: str, path: str, query: str, body: bytes) -> str:
@@ -445,7 +544,10 @@ async def idempotent_post(
     path, query = _target(request.scope)
     body = await request.body()
     return IdempotentPost(
-        app_id=merchant.app_id, key=key, request_hash=request_fingerprint(request.method, path, query, body)
+        app_id=merchant.app_id,
+        key=key,
+        request_hash=request_fingerprint(request.method, path, query, body),
+        scope=request.scope,
     )
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,8 +15,39 @@ from sqlalchemy.engine import Connection
 
 def insert_ignoring_conflict(conn: Connection, table: sa.Table, columns: Sequence[str], *, where: Any = None) -> Any:
     """``INSERT … ON CONFLICT (columns) DO NOTHING`` — how every idempotent create finds out it came second."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return insert_ignoring_conflict_in(conn.dialect.name, table, columns, where=where)
+
+
+def insert_ignoring_conflict_in(
+    dialect_name: str, table: sa.Table, columns: Sequence[str], *, where: Any = None
+) -> Any:
+    """``insert_ignoring_conflict`` for a dialect by name, for statements built ahead (``Prepared``)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing(index_elements=list(columns), index_where=where)
+
+
+class Prepared:
+    """A statement built once per dialect and executed with parameters: the hot paths' statements.
+
+    Building a Core statement with its values on every call, then computing its
+    cache key, costs about three times what executing it costs (measured: 99 µs
+    against 34 µs of CPU for one insert on PostgreSQL). A statement built once,
+    with its values passed at execution (``conn.execute(stmt(conn), {...})``),
+    keeps its memoized cache key and compiled form.
+    """
+
+    def __init__(self, build: Callable[[str], Any]) -> None:
+        self._build = build
+        self._by_dialect: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: Connection) -> Any:
+        name = conn.dialect.name
+        statement = self._by_dialect.get(name)
+        if statement is None:
+            with self._lock:
+                statement = self._by_dialect.setdefault(name, self._build(name))
+        return statement
 
 
 def canonical_json(value: Any) -> str:

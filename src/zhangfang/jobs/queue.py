@@ -68,7 +68,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
 from zhangfang import ids
-from zhangfang.db.sql import insert_ignoring_conflict
+from zhangfang.db.sql import Prepared, insert_ignoring_conflict_in
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.jobs import errors
 from zhangfang.jobs.models import FINAL_STATES, JOB_STATES, Job, Page
@@ -284,6 +284,12 @@ def _check_worker_id(worker_id: Any) -> str:
 
 # --------------------------------------------------------------------------- enqueue
 
+# Built once (``db.sql.Prepared``): every payment order enqueues a job.
+_INSERT_JOB = jobs.insert().returning(*jobs.c)
+_INSERT_JOB_ONCE = Prepared(
+    lambda dialect: insert_ignoring_conflict_in(dialect, jobs, ["dedupe_key"]).returning(*jobs.c)
+)
+
 
 def enqueue(
     conn: Connection,
@@ -310,10 +316,6 @@ def enqueue(
     run_at = now if run_at is None else _utc_time(run_at, "run_at")
     attempts_max = _check_attempts_max(attempts_max, entry.attempts_max)
 
-    if dedupe_key is not None:
-        existing = _find_by_dedupe_key(conn, dedupe_key)
-        if existing is not None:
-            return _same_or_conflict(existing, kind=kind, payload=payload)
     values = {
         "ref": ids.new_id("job"),
         "kind": kind,
@@ -326,11 +328,11 @@ def enqueue(
         "created_at": now,
     }
     if dedupe_key is None:
-        row = conn.execute(jobs.insert().values(**values).returning(*jobs.c)).one()
+        row = conn.execute(_INSERT_JOB, values).one()
         return _job_from_row(row)
-    # A concurrent transaction may insert the same key between our read and our write: do nothing
-    # on conflict (PostgreSQL waits for that transaction to end) and read back what it committed.
-    row = conn.execute(insert_ignoring_conflict(conn, jobs, ["dedupe_key"]).values(**values).returning(*jobs.c)).first()
+    # Insert first (a new key, the common case, costs one statement); on conflict — a repeat, or a concurrent
+    # transaction that inserted the same key (PostgreSQL waits for it to end) — read back the job it names.
+    row = conn.execute(_INSERT_JOB_ONCE(conn), values).first()
     if row is not None:
         return _job_from_row(row)
     existing = _find_by_dedupe_key(conn, dedupe_key)

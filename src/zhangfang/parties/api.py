@@ -28,6 +28,7 @@ from zhangfang.api.deps import AdminRoute, get_engine, require_admin
 from zhangfang.api.merchant_auth import (
     IdempotentPost,
     authenticated_merchant,
+    forget_merchant,
     idempotent_post,
     make_merchant_router,
     platform_key,
@@ -398,10 +399,13 @@ def get_merchant(merchant_id: str, engine: Engine = Depends(get_engine)) -> Merc
         422: error_doc("request_invalid, merchant_status_invalid, merchant_transition_invalid"),
     },
 )
-def change_status(merchant_id: str, body: MerchantStatusIn, engine: Engine = Depends(get_engine)) -> MerchantOut:
+def change_status(
+    merchant_id: str, body: MerchantStatusIn, request: Request, engine: Engine = Depends(get_engine)
+) -> MerchantOut:
     merchant = run_in_transaction(
         engine, lambda conn: parties.change_merchant_status(conn, ref=merchant_id, status=body.status)
     )
+    forget_merchant(request, merchant.app_id)
     return MerchantOut.of(merchant)
 
 
@@ -416,12 +420,16 @@ def change_status(merchant_id: str, body: MerchantStatusIn, engine: Engine = Dep
     },
 )
 def rotate_secret(
-    merchant_id: str, body: RotateIn | None = Body(default=None), engine: Engine = Depends(get_engine)
+    merchant_id: str,
+    request: Request,
+    body: RotateIn | None = Body(default=None),
+    engine: Engine = Depends(get_engine),
 ) -> MerchantCredentialsOut:
     public_key_pem = body.public_key_pem if body is not None else None
     result = run_in_transaction(
         engine, lambda conn: parties.rotate_credentials(conn, ref=merchant_id, public_key_pem=public_key_pem)
     )
+    forget_merchant(request, result.merchant.app_id)
     return MerchantCredentialsOut.of_result(result)
 
 

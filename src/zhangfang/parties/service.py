@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from zhangfang import ids
-from zhangfang.db.sql import insert_ignoring_conflict, request_digest
+from zhangfang.db.sql import Prepared, insert_ignoring_conflict, insert_ignoring_conflict_in, request_digest
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.parties import errors, signing
 from zhangfang.parties.models import (
@@ -526,14 +526,25 @@ def platform_key(engine: Engine, *, configured_pem: str | None = None) -> Platfo
 
 # --------------------------------------------------------------------------- request bookkeeping
 
+# Every merchant request runs these: built once (``db.sql.Prepared``).
+_INSERT_NONCE = Prepared(
+    lambda dialect: insert_ignoring_conflict_in(dialect, request_nonces, ["app_id", "nonce"]).returning(
+        request_nonces.c.nonce
+    )
+)
+_SELECT_IDEMPOTENCY_RECORD = sa.select(idempotency_records).where(
+    idempotency_records.c.app_id == sa.bindparam("app_id"), idempotency_records.c.key == sa.bindparam("key")
+)
+_INSERT_IDEMPOTENCY_RECORD = Prepared(
+    lambda dialect: insert_ignoring_conflict_in(dialect, idempotency_records, ["app_id", "key"]).returning(
+        idempotency_records.c.id
+    )
+)
+
 
 def record_nonce(conn: Connection, *, app_id: str, nonce: str, now: dt.datetime | None = None) -> bool:
     """Remember that ``app_id`` used ``nonce``; False if it had been used already."""
-    inserted = conn.execute(
-        insert_ignoring_conflict(conn, request_nonces, ["app_id", "nonce"])
-        .returning(request_nonces.c.nonce)
-        .values(app_id=app_id, nonce=nonce, seen_at=_now(now))
-    ).first()
+    inserted = conn.execute(_INSERT_NONCE(conn), {"app_id": app_id, "nonce": nonce, "seen_at": _now(now)}).first()
     return inserted is not None
 
 
@@ -544,9 +555,7 @@ def prune_nonces(conn: Connection, *, before: dt.datetime) -> int:
 
 def find_idempotency_record(conn: Connection, *, app_id: str, key: str) -> IdempotencyRecord | None:
     """Returns the first response recorded under this merchant's key, or None."""
-    row = conn.execute(
-        sa.select(idempotency_records).where(idempotency_records.c.app_id == app_id, idempotency_records.c.key == key)
-    ).first()
+    row = conn.execute(_SELECT_IDEMPOTENCY_RECORD, {"app_id": app_id, "key": key}).first()
     if row is None:
         return None
     return IdempotencyRecord(
@@ -571,16 +580,12 @@ def save_idempotency_record(
 ) -> bool:
     """Record the response to a merchant's key; False if a concurrent request recorded one first."""
     check_idempotency_key(key, "Idempotency-Key")
-    inserted = conn.execute(
-        insert_ignoring_conflict(conn, idempotency_records, ["app_id", "key"])
-        .returning(idempotency_records.c.id)
-        .values(
-            app_id=app_id,
-            key=key,
-            request_hash=request_hash,
-            status_code=status_code,
-            response_body=response_body,
-            created_at=_now(now),
-        )
-    ).first()
-    return inserted is not None
+    values = {
+        "app_id": app_id,
+        "key": key,
+        "request_hash": request_hash,
+        "status_code": status_code,
+        "response_body": response_body,
+        "created_at": _now(now),
+    }
+    return conn.execute(_INSERT_IDEMPOTENCY_RECORD(conn), values).first() is not None

@@ -327,6 +327,11 @@ def get_registry(request: Request) -> ChannelRegistry:
     return registry
 
 
+async def registry_dependency(request: Request) -> ChannelRegistry:
+    """``get_registry`` as a dependency (``async``: no threadpool hop for it)."""
+    return get_registry(request)
+
+
 def payment_out(order: PaymentOrder, settings: Settings) -> dict[str, Any]:
     return service.order_view(order, public_base_url=settings.public_base_url)
 
@@ -371,7 +376,7 @@ def create_payment(
     idempotency: IdempotentPost = Depends(idempotent_post),
     engine: Engine = Depends(get_engine),
     settings: Settings = Depends(get_settings),
-    registry: ChannelRegistry = Depends(get_registry),
+    registry: ChannelRegistry = Depends(registry_dependency),
 ) -> Response:
     request = OrderRequest(**body.model_dump())
 
@@ -546,7 +551,7 @@ def create_payout(
     merchant: Merchant = Depends(authenticated_merchant),
     idempotency: IdempotentPost = Depends(idempotent_post),
     engine: Engine = Depends(get_engine),
-    registry: ChannelRegistry = Depends(get_registry),
+    registry: ChannelRegistry = Depends(registry_dependency),
 ) -> Response:
     fields = body.model_dump(exclude={"payee"})
     request = PayoutRequest(**fields, payee=Payee(**body.payee.model_dump()))
@@ -707,7 +712,7 @@ def channels_out(conn: Connection, registry: ChannelRegistry, settings: Settings
 def admin_list_channels(
     engine: Engine = Depends(get_engine),
     settings: Settings = Depends(get_settings),
-    registry: ChannelRegistry = Depends(get_registry),
+    registry: ChannelRegistry = Depends(registry_dependency),
 ) -> ChannelList:
     return run_in_transaction(engine, lambda conn: channels_out(conn, registry, settings), readonly=True)
 
@@ -722,7 +727,7 @@ def admin_reset_channel(
     channel: str,
     engine: Engine = Depends(get_engine),
     settings: Settings = Depends(get_settings),
-    registry: ChannelRegistry = Depends(get_registry),
+    registry: ChannelRegistry = Depends(registry_dependency),
 ) -> ChannelList:
     if channel not in registry.codes():
         raise errors.ChannelNotConfigured(f"no channel is called {channel!r}", field="channel")

@@ -52,7 +52,7 @@ from sqlalchemy.engine import Connection, Row
 from zhangfang import ids, money
 from zhangfang.channels.registry import ChannelRegistry, Route
 from zhangfang.config import Settings, get_settings
-from zhangfang.db.sql import insert_ignoring_conflict, request_digest
+from zhangfang.db.sql import Prepared, insert_ignoring_conflict, insert_ignoring_conflict_in, request_digest
 from zhangfang.errors import InvalidInput
 from zhangfang.jobs import queue
 from zhangfang.ledger import errors as ledger_errors
@@ -525,6 +525,14 @@ def _order_digest(request: OrderRequest, fields: dict[str, Any]) -> str:
     return request_digest({**fields, "expires_at": _iso(request.expires_at)})
 
 
+# Built once (``db.sql.Prepared``): creating orders is the merchant API's busiest path.
+_INSERT_ORDER = Prepared(
+    lambda dialect: insert_ignoring_conflict_in(dialect, payment_orders, ["merchant_id", "out_trade_no"]).returning(
+        *payment_orders.c
+    )
+)
+
+
 def create_order(
     conn: Connection,
     *,
@@ -576,44 +584,37 @@ def create_order(
     }
     digest = _order_digest(request, fields)
 
-    def existing() -> Row[Any] | None:
-        return conn.execute(
-            sa.select(payment_orders).where(
-                payment_orders.c.merchant_id == merchant.id, payment_orders.c.out_trade_no == out_trade_no
-            )
-        ).first()
-
-    row = existing()
-    if row is None:
-        ref = ids.new_id("pay")
-        expires = expires_at or now + dt.timedelta(seconds=settings.payment_expiry_seconds)
-        # A concurrent create with the same number may commit first: do nothing then, and answer with its order.
-        inserted = conn.execute(
-            insert_ignoring_conflict(conn, payment_orders, ["merchant_id", "out_trade_no"])
-            .values(
-                ref=ref,
-                merchant_id=merchant.id,
-                merchant_ref=merchant.ref,
-                out_trade_no=out_trade_no,
-                request_hash=digest,
-                state="pending",
-                fee_rate=str(merchant.fee_rate),
-                refunded=0,
-                refunding=0,
-                created_at=now,
-                updated_at=now,
-                expires_at=expires,
-                **fields,
-            )
-            .returning(*payment_orders.c)
-        ).first()
-        if inserted is not None:
-            queue.enqueue(
-                conn, kind=JOB_EXPIRE, payload={"order": ref}, run_at=expires, dedupe_key=f"{ref}:expire", now=now
-            )
-            return OrderResult(order=_order_from_row(inserted), created=True)
-        row = existing()
-        assert row is not None, f"out_trade_no {out_trade_no!r} conflicted but no order carries it"
+    ref = ids.new_id("pay")
+    expires = expires_at or now + dt.timedelta(seconds=settings.payment_expiry_seconds)
+    # Insert first: a new order (the common case) costs one statement. On conflict — a repeat of the number,
+    # or a concurrent create that committed first — do nothing and answer with the order that has it.
+    values = {
+        "ref": ref,
+        "merchant_id": merchant.id,
+        "merchant_ref": merchant.ref,
+        "out_trade_no": out_trade_no,
+        "request_hash": digest,
+        "state": "pending",
+        "fee_rate": str(merchant.fee_rate),
+        "refunded": 0,
+        "refunding": 0,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": expires,
+        **fields,
+    }
+    inserted = conn.execute(_INSERT_ORDER(conn), values).first()
+    if inserted is not None:
+        queue.enqueue(
+            conn, kind=JOB_EXPIRE, payload={"order": ref}, run_at=expires, dedupe_key=f"{ref}:expire", now=now
+        )
+        return OrderResult(order=_order_from_row(inserted), created=True)
+    row = conn.execute(
+        sa.select(payment_orders).where(
+            payment_orders.c.merchant_id == merchant.id, payment_orders.c.out_trade_no == out_trade_no
+        )
+    ).first()
+    assert row is not None, f"out_trade_no {out_trade_no!r} conflicted but no order carries it"
     if row.request_hash != digest:
         raise errors.OutTradeNoConflict(
             "an order with this out_trade_no was created with other content",
