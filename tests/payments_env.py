@@ -35,7 +35,7 @@ from zhangfang.channels import registry as channel_registry
 from zhangfang.channels.registry import ChannelRegistry
 from zhangfang.config import Settings
 from zhangfang.db.uow import run_in_transaction
-from zhangfang.jobs import queue
+from zhangfang.jobs import periodic, queue
 from zhangfang.ledger import service as ledger
 from zhangfang.notify import service as notify
 from zhangfang.parties import signing
@@ -176,7 +176,9 @@ class PaymentsEnv:
     # -- time passing
 
     def run_jobs(self, *, now: dt.datetime | None = None, rounds_max: int = 50) -> int:
-        """Runs due jobs until none is left (``now``: pretend it is then); returns how many ran.
+        """Runs due jobs (and hands expired orders to jobs) until none is left (``now``: pretend it is then).
+
+        Returns how many jobs ran.
 
         With ``now``, the payment job handlers live at ``now`` too: the queue
         claims and records at ``now`` but calls each handler as ``fn(engine,
@@ -188,6 +190,7 @@ class PaymentsEnv:
                 patch.setattr(flows, "_now", lambda given=None: at if given is None else given.astimezone(dt.UTC))
             ran = 0
             for _ in range(rounds_max):
+                periodic.hand_over_expired_payments(self.engine, now=now)  # a worker's round does this
                 counts = queue.run_once(self.engine, worker_id="test-worker", limit=50, now=now)
                 if not counts["claimed"]:
                     return ran

@@ -68,6 +68,19 @@ class Settings(BaseSettings):
         default=Path("var/sandbox"),
         description="Where the sandbox keeps its generated keys and its channels.toml (workers read it from there).",
     )
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="PostgreSQL connections a process keeps open (as many again may open under a burst, and "
+        "close after). Keep it above api_threads so requests never open connections.",
+    )
+    api_threads: int = Field(
+        default=16,
+        ge=1,
+        le=200,
+        description="Threads an API process runs blocking handlers in (the database calls). Beyond a few per core "
+        "they only contend for Python's GIL; each holds a database connection while it works.",
+    )
     merchant_cache_seconds: float = Field(
         default=1.0,
         ge=0,

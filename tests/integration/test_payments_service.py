@@ -327,7 +327,7 @@ def test_final_states_have_no_way_out() -> None:
 # --------------------------------------------------------------------------- creating orders
 
 
-def test_an_order_is_created_pending_with_its_expiry_scheduled(engine: Engine) -> None:
+def test_an_order_is_created_pending_and_handed_to_an_expiry_job_once_it_expires(engine: Engine) -> None:
     shop = new_merchant(engine)
     result = create(engine, shop, order_request("T1", 1999, metadata={"cart": [1, 2]}))
     order = result.order
@@ -338,6 +338,12 @@ def test_an_order_is_created_pending_with_its_expiry_scheduled(engine: Engine) -
     assert order.metadata == {"cart": [1, 2]}
     expiry = (order.expires_at - order.created_at).total_seconds()
     assert expiry == SETTINGS.payment_expiry_seconds
+    # No job yet: the workers' sweep hands the order to one once it has expired, and only once.
+    due = order.expires_at
+    assert tx(engine, lambda conn: service.enqueue_due_expiries(conn, now=due - dt.timedelta(seconds=1))) == 0
+    assert job_payloads(engine, service.JOB_EXPIRE) == []
+    assert tx(engine, lambda conn: service.enqueue_due_expiries(conn, now=due)) == 1
+    assert tx(engine, lambda conn: service.enqueue_due_expiries(conn, now=due + dt.timedelta(hours=1))) == 0
     assert job_payloads(engine, service.JOB_EXPIRE) == [{"order": order.ref}]
 
 
@@ -397,7 +403,6 @@ def test_concurrent_creations_with_one_out_trade_no_make_one_order(engine: Engin
     assert sorted(result.created for result in results) == [False] * (threads_count - 1) + [True]
     assert len({result.order.ref for result in results}) == 1
     assert len(rows(engine, sa.select(payment_orders.c.id))) == 1
-    assert job_payloads(engine, service.JOB_EXPIRE) == [{"order": results[0].order.ref}]
 
 
 NOW = dt.datetime.now(dt.UTC)  # only for building expiries in the case table (each is far from a boundary)

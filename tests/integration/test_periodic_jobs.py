@@ -55,7 +55,7 @@ def bank_and_wallet(engine) -> tuple[str, str]:
 
 
 def test_a_round_with_nothing_to_do_does_nothing(engine):
-    assert run_round(engine) == {"sealed": 0, "folded": 0, "expired": 0, "days_closed": 0}
+    assert run_round(engine) == {"sealed": 0, "folded": 0, "expired": 0, "days_closed": 0, "payments_expiring": 0}
 
 
 def test_a_round_seals_every_entry_committed_so_far(engine, bank_and_wallet, monkeypatch):

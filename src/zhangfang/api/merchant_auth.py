@@ -369,23 +369,38 @@ async def authenticate(request: Request) -> Merchant:
     return merchant
 
 
-async def authenticated_merchant(
-    request: Request,
-    _app_id: str = Header(alias=signing.HEADER_APP_ID, description="your app_id (app_ + 16 hex)"),
-    _timestamp: str = Header(alias=signing.HEADER_TIMESTAMP, description="unix seconds, within 300 s of now"),
-    _nonce: str = Header(alias=signing.HEADER_NONCE, description="16 to 64 characters of [A-Za-z0-9_-], never reused"),
-    _sign_type: str = Header(alias=signing.HEADER_SIGN_TYPE, description="your scheme: RSA2 or HMAC-SHA256"),
-    _signature: str = Header(
-        alias=signing.HEADER_SIGNATURE,
-        description="base64 signature of METHOD\\nPATH?sorted_query\\nTIMESTAMP\\nNONCE\\nSHA256-hex(BODY)\\n",
+def _header_doc(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+# The five headers, as OpenAPI parameters of every merchant route (``MerchantRoute`` adds them). They are
+# documented, not declared as FastAPI parameters: ``authenticate`` reads and checks them itself, before
+# anything else, so validating them again per request would be work for nothing.
+SIGNED_HEADERS_DOC: list[dict[str, Any]] = [
+    _header_doc(signing.HEADER_APP_ID, "your app_id (app_ + 16 hex)"),
+    _header_doc(signing.HEADER_TIMESTAMP, "unix seconds, within 300 s of now"),
+    _header_doc(signing.HEADER_NONCE, "16 to 64 characters of [A-Za-z0-9_-], never reused"),
+    _header_doc(signing.HEADER_SIGN_TYPE, "your scheme: RSA2 or HMAC-SHA256", enum=list(signing.SIGN_TYPES)),
+    _header_doc(
+        signing.HEADER_SIGNATURE,
+        "base64 signature of METHOD\\nPATH?sorted_query\\nTIMESTAMP\\nNONCE\\nSHA256-hex(BODY)\\n",
     ),
-) -> Merchant:
+]
+
+
+async def authenticated_merchant(request: Request) -> Merchant:
     """The merchant that signed this request (a FastAPI dependency).
 
     Use it on routes of a ``MerchantRoute`` router: the route checks the
     signature before FastAPI reads the body or the parameters, so a missing
-    header is ``signature_missing`` (401), and signs the response. The header
-    parameters document the five headers in OpenAPI; ``authenticate`` reads them.
+    header is ``signature_missing`` (401), and signs the response; the route
+    also documents the five headers in OpenAPI (``SIGNED_HEADERS_DOC``).
     """
     return await authenticate(request)
 
@@ -430,6 +445,11 @@ class MerchantRoute(APIRoute):
     the merchant and to document the headers.
     """
 
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        extra = dict(kwargs.pop("openapi_extra", None) or {})
+        extra["parameters"] = [*SIGNED_HEADERS_DOC, *extra.get("parameters", [])]
+        super().__init__(path, endpoint, openapi_extra=extra, **kwargs)
+
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()
         defers_nonce = _uses(self.dependant, idempotent_post)
@@ -460,9 +480,16 @@ def _uses(dependant: Any, dependency: Callable[..., Any]) -> bool:
 # --------------------------------------------------------------------------- idempotent POSTs
 
 
-def _render(content: BaseModel) -> bytes:
-    """The JSON bytes FastAPI would send for this model (compact, UTF-8)."""
-    return JSONResponse(content.model_dump(mode="json")).body
+def _render(content: BaseModel | dict[str, Any]) -> bytes:
+    """The JSON bytes FastAPI would send for this model, or for this dict already in JSON form (compact, UTF-8).
+
+    A dict skips pydantic: the busiest answers (a created order) are built as the
+    JSON they are, and validating them into a model only to dump them again
+    costs more than the rest of the answer.
+    """
+    if isinstance(content, BaseModel):
+        content = content.model_dump(mode="json")
+    return JSONResponse(content).body
 
 
 @dataclass(frozen=True)
@@ -488,7 +515,7 @@ class IdempotentPost:
             headers={HEADER_IDEMPOTENCY_REPLAYED: "true"},
         )
 
-    def respond(self, engine: Engine, work: Callable[[Connection], tuple[int, BaseModel]]) -> Response:
+    def respond(self, engine: Engine, work: Callable[[Connection], tuple[int, BaseModel | dict[str, Any]]]) -> Response:
         """Replay the stored response for this key, or run ``work`` and store its answer in the same transaction.
 
         ``work(conn)`` returns ``(status_code, model)``; it runs at most once per

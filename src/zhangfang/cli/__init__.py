@@ -51,7 +51,9 @@ class CliState:
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = create_engine(
-                self.settings.database_url, sqlite_synchronous=self.settings.sqlite_synchronous
+                self.settings.database_url,
+                sqlite_synchronous=self.settings.sqlite_synchronous,
+                pool_size=self.settings.database_pool_size,
             )
         return self._engine
 

@@ -1,4 +1,4 @@
-"""Periodic ledger maintenance, run in rounds by a worker loop.
+"""Periodic maintenance of the ledger and payments, run in rounds by a worker loop.
 
 Each round runs these jobs in order, each in transactions of its own:
 
@@ -10,6 +10,8 @@ Each round runs these jobs in order, each in transactions of its own:
             (Asia/Shanghai), ``close_day(open_date)``: a date closes in the first
             round after its midnight, and dates missed while no worker ran close
             one after another, oldest first.
+5. payments ``enqueue_due_expiries``: each pending payment order past its
+            ``expires_at`` is handed, once, to a ``payments.expire`` job (same bound).
 
 Where it runs: ``zhangfang jobs run`` (or ``zhangfang worker``) loops in the
 foreground until SIGTERM/SIGINT; the API server may run the same loop in a
@@ -43,6 +45,8 @@ from zhangfang.db.uow import run_in_transaction
 from zhangfang.jobs import queue
 from zhangfang.ledger import service as ledger
 from zhangfang.notify import service as notify_service  # noqa: F401  (registers the notify.deliver handler)
+from zhangfang.payments import flows as payment_flows  # noqa: F401  (registers the payments.* handlers)
+from zhangfang.payments import service as payments
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +56,8 @@ EXPIRE_BATCH_SIZE = 1000
 # ledger in one round (sealing under a sustained load) never starves the jobs after it.
 BATCHES_PER_ROUND_MAX = 20
 
-JOB_NAMES = ("sealed", "folded", "expired", "days_closed")
+JOB_NAMES = ("sealed", "folded", "expired", "days_closed", "payments_expiring")
+PAYMENT_EXPIRY_BATCH_SIZE = 500
 
 
 def seal(engine: Engine) -> int:
@@ -78,6 +83,19 @@ def expire(engine: Engine, *, now: dt.datetime | None = None) -> int:
         count = run_in_transaction(engine, lambda conn: ledger.expire_holds(conn, now=now, limit=EXPIRE_BATCH_SIZE))
         total += count
         if count < EXPIRE_BATCH_SIZE:
+            break
+    return total
+
+
+def hand_over_expired_payments(engine: Engine, *, now: dt.datetime | None = None) -> int:
+    """Give each pending payment past its expiry to a ``payments.expire`` job (same bound); returns how many."""
+    total = 0
+    for _ in range(BATCHES_PER_ROUND_MAX):
+        count = run_in_transaction(
+            engine, lambda conn: payments.enqueue_due_expiries(conn, now=now, limit=PAYMENT_EXPIRY_BATCH_SIZE)
+        )
+        total += count
+        if count < PAYMENT_EXPIRY_BATCH_SIZE:
             break
     return total
 
@@ -120,6 +138,7 @@ def run_round(
         "folded": lambda: fold(engine),
         "expired": lambda: expire(engine, now=now),
         "days_closed": lambda: _close_and_log(engine, today, wait_seconds_max),
+        "payments_expiring": lambda: hand_over_expired_payments(engine, now=now),
     }
     counts = dict.fromkeys(JOB_NAMES, 0)
     failures: list[Exception] = []

@@ -544,8 +544,9 @@ def create_order(
 ) -> OrderResult:
     """Create an order for the payer to pay at the cashier, idempotently on ``out_trade_no``.
 
-    Schedules its expiry in the same transaction. Refusals (``payments.errors``,
-    in that order) write nothing.
+    Its expiry needs no job now: the periodic sweep (``enqueue_due_expiries``)
+    finds it once ``expires_at`` passes. Refusals (``payments.errors``, in that
+    order) write nothing.
     """
     settings = settings or get_settings()
     now = _now(now)
@@ -605,9 +606,6 @@ def create_order(
     }
     inserted = conn.execute(_INSERT_ORDER(conn), values).first()
     if inserted is not None:
-        queue.enqueue(
-            conn, kind=JOB_EXPIRE, payload={"order": ref}, run_at=expires, dedupe_key=f"{ref}:expire", now=now
-        )
         return OrderResult(order=_order_from_row(inserted), created=True)
     row = conn.execute(
         sa.select(payment_orders).where(
@@ -622,6 +620,31 @@ def create_order(
             payment=row.ref,
         )
     return OrderResult(order=_order_from_row(row), created=False)
+
+
+def enqueue_due_expiries(conn: Connection, *, now: dt.datetime | None = None, limit: int = 500) -> int:
+    """Hands pending orders whose expiry has passed, each once, to a ``payments.expire`` job; returns how many.
+
+    Run by the workers' periodic round. On PostgreSQL orders another worker is
+    handing over are skipped (``SKIP LOCKED``); the job's dedupe key makes a
+    second hand-over of the same order harmless anyway.
+    """
+    now = _now(now)
+    due = conn.execute(
+        sa.select(payment_orders.c.id, payment_orders.c.ref)
+        .where(
+            payment_orders.c.state == "pending",
+            payment_orders.c.expiry_job_ref.is_(None),
+            payment_orders.c.expires_at <= now,
+        )
+        .order_by(payment_orders.c.expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in due:
+        job = queue.enqueue(conn, kind=JOB_EXPIRE, payload={"order": row.ref}, dedupe_key=f"{row.ref}:expire", now=now)
+        conn.execute(payment_orders.update().where(payment_orders.c.id == row.id).values(expiry_job_ref=job.ref))
+    return len(due)
 
 
 def _check_routable(

@@ -24,6 +24,9 @@ Columns and their constraints
   ``fee`` is computed from it when the payment succeeds (half up to the fen).
 - ``payment_orders.request_hash``: sha256 of the creation content, which tells a
   repeat of the same ``out_trade_no`` from a conflict.
+- ``payment_orders.expiry_job_ref``: set when the periodic sweep hands a pending
+  order past its ``expires_at`` to a ``payments.expire`` job (a partial index
+  keeps the sweep's read small; creating an order writes no job).
 - ``payment_attempts.duplicate``: the attempt was paid while the order was
   already paid by another attempt, or closed: the money goes back to the payer
   through an automatic refund.
@@ -41,6 +44,7 @@ from zhangfang.db.metadata import BigId, metadata
 from zhangfang.db.types import UtcDateTime
 
 PAID_STATES_SQL = "state IN ('succeeded', 'refunded')"
+DUE_EXPIRY_SQL = "state = 'pending' AND expiry_job_ref IS NULL"
 
 payment_orders = sa.Table(
     "payment_orders",
@@ -71,6 +75,7 @@ payment_orders = sa.Table(
     sa.Column("attempt_ref", sa.String(40), nullable=True, comment="the paying attempt"),
     sa.Column("entry_ref", sa.String(40), nullable=True, comment="the ledger entry of the payment"),
     sa.Column("close_reason", sa.String(10), nullable=True, comment="merchant | operator | expired"),
+    sa.Column("expiry_job_ref", sa.String(40), nullable=True, comment="the job that handles its expiry, once due"),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
@@ -92,6 +97,13 @@ payment_orders = sa.Table(
         name="closed_has_reason",
     ),
     sa.Index("ix_payment_orders_merchant_id_id", "merchant_id", "id"),
+    # What the expiry sweep reads: pending orders not yet handed to an expiry job, by expiry.
+    sa.Index(
+        "ix_payment_orders_due_expiry",
+        "expires_at",
+        postgresql_where=sa.text(DUE_EXPIRY_SQL),
+        sqlite_where=sa.text(DUE_EXPIRY_SQL),
+    ),
 )
 
 payment_attempts = sa.Table(

@@ -81,6 +81,9 @@ def upgrade() -> None:
         sa.Column("attempt_ref", sa.String(length=40), nullable=True, comment="the paying attempt"),
         sa.Column("entry_ref", sa.String(length=40), nullable=True, comment="the ledger entry of the payment"),
         sa.Column("close_reason", sa.String(length=10), nullable=True, comment="merchant | operator | expired"),
+        sa.Column(
+            "expiry_job_ref", sa.String(length=40), nullable=True, comment="the job that handles its expiry, once due"
+        ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -112,6 +115,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("payment_orders", schema=None) as batch_op:
         batch_op.create_index("ix_payment_orders_merchant_id_id", ["merchant_id", "id"], unique=False)
+        batch_op.create_index(
+            "ix_payment_orders_due_expiry",
+            ["expires_at"],
+            unique=False,
+            postgresql_where=sa.text("state = 'pending' AND expiry_job_ref IS NULL"),
+            sqlite_where=sa.text("state = 'pending' AND expiry_job_ref IS NULL"),
+        )
 
     op.create_table(
         "payouts",
@@ -259,6 +269,7 @@ def downgrade() -> None:
     op.drop_table("payment_attempts")
     op.drop_table("payouts")
     with op.batch_alter_table("payment_orders", schema=None) as batch_op:
+        batch_op.drop_index("ix_payment_orders_due_expiry")
         batch_op.drop_index("ix_payment_orders_merchant_id_id")
 
     op.drop_table("payment_orders")
