@@ -15,6 +15,7 @@ Guarantees
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -252,6 +253,10 @@ def create_app(
         # The periodic ledger jobs (seal, fold, expire holds, day-end) and the job queue run beside the API
         # when asked, so `make run` is one process; production runs `zhangfang worker` separately.
         jobs = start_in_thread(engine, settings) if settings.run_jobs_in_server else None
+        # Everything alive now (the app, its routes, SQLAlchemy's metadata, pydantic's schemas) lives as long as
+        # the process: keep the cyclic garbage collector from scanning it again on every full collection.
+        gc.collect()
+        gc.freeze()
         yield
         if jobs is not None:
             thread, stop_event = jobs
