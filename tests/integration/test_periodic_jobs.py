@@ -1,4 +1,5 @@
-"""Periodic ledger jobs: a round seals, folds, expires holds and closes past days, on SQLite and PostgreSQL."""
+"""Periodic jobs: a round seals, folds, expires holds, closes past days, hands expired payments over and forgets
+old nonces, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from zhangfang.jobs import periodic
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import AccountRequest, EntryRequest, Leg
 from zhangfang.ledger.tables import hot_account_deltas
+from zhangfang.parties import service as parties
+from zhangfang.parties.tables import request_nonces
 
 SETTINGS = Settings(database_url="sqlite://", job_interval_seconds=0.01, transaction_age_max_seconds=5)
 
@@ -55,7 +58,30 @@ def bank_and_wallet(engine) -> tuple[str, str]:
 
 
 def test_a_round_with_nothing_to_do_does_nothing(engine):
-    assert run_round(engine) == {"sealed": 0, "folded": 0, "expired": 0, "days_closed": 0, "payments_expiring": 0}
+    assert run_round(engine) == {
+        "sealed": 0,
+        "folded": 0,
+        "expired": 0,
+        "days_closed": 0,
+        "payments_expiring": 0,
+        "nonces_pruned": 0,
+    }
+
+
+def test_a_round_forgets_request_nonces_too_old_to_be_replayed(engine):
+    now = dt.datetime.now(dt.UTC)
+    retention = dt.timedelta(seconds=parties.NONCE_RETENTION_SECONDS)
+    for nonce, seen in (
+        ("old-nonce-0000000001", now - retention - dt.timedelta(seconds=1)),
+        ("new-nonce-0000000001", now),
+    ):
+        run_in_transaction(
+            engine,
+            lambda conn, n=nonce, at=seen: parties.record_nonce(conn, app_id="app_0123456789abcdef", nonce=n, now=at),
+        )
+    assert run_round(engine, now=now)["nonces_pruned"] == 1
+    kept = run_in_transaction(engine, lambda conn: conn.execute(sa.select(request_nonces.c.nonce)).scalars().all())
+    assert kept == ["new-nonce-0000000001"]
 
 
 def test_a_round_seals_every_entry_committed_so_far(engine, bank_and_wallet, monkeypatch):

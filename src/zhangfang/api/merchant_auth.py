@@ -48,7 +48,8 @@ Guarantees
   default): a change made through this process's admin API takes effect at
   once, one made elsewhere (another API process, the CLI) within that time.
   Nonces are kept ``NONCE_RETENTION_SECONDS`` (twice the window: a request is
-  acceptable from 300 s before its timestamp to 300 s after), then pruned.
+  acceptable from 300 s before its timestamp to 300 s after), then pruned by
+  the workers' periodic round (``jobs.periodic``), never on a request's time.
 - Every response to an authenticated request — success or error — carries
   ``Zhangfang-Timestamp``, ``Zhangfang-Nonce``, ``Zhangfang-Sign-Type`` and
   ``Zhangfang-Signature`` over ``TIMESTAMP\\nNONCE\\nSHA256-hex(BODY)\\n``: RSA2
@@ -110,8 +111,7 @@ SCOPE_DEFER_NONCE = "zhangfang.defer_nonce"
 MERCHANT_CACHE_SIZE_MAX = 10_000
 HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
 HEADER_IDEMPOTENCY_REPLAYED = "Idempotency-Replayed"
-NONCE_RETENTION_SECONDS = 2 * signing.TIMESTAMP_TOLERANCE_SECONDS
-NONCE_PRUNE_INTERVAL_SECONDS = 60.0
+NONCE_RETENTION_SECONDS = parties.NONCE_RETENTION_SECONDS
 
 _SIGNED_HEADERS = (
     signing.HEADER_APP_ID,
@@ -189,24 +189,6 @@ class ResponseSigner:
         )
 
 
-_prune_lock = threading.Lock()
-_prune_due_at = 0.0
-
-
-def _prune_nonces_now_and_then(engine: Engine, now: float) -> None:
-    """Forget expired nonces, at most once a minute per process; a failure here never refuses a request."""
-    global _prune_due_at
-    with _prune_lock:
-        if now < _prune_due_at:
-            return
-        _prune_due_at = now + NONCE_PRUNE_INTERVAL_SECONDS
-    before = dt.datetime.fromtimestamp(now - NONCE_RETENTION_SECONDS, dt.UTC)
-    try:
-        run_in_transaction(engine, lambda conn: parties.prune_nonces(conn, before=before))
-    except Exception:
-        logger.warning("pruning request nonces failed; trying again later", exc_info=True)
-
-
 # --------------------------------------------------------------------------- merchants, cached briefly
 
 
@@ -279,28 +261,12 @@ def _nonce_replayed() -> errors.NonceReplayed:
     return errors.NonceReplayed("this nonce was used before; every request needs a new one", field=signing.HEADER_NONCE)
 
 
-def record_pending_nonce(conn: Connection, scope: Scope) -> None:
-    """Records the request's nonce in the caller's transaction (an idempotent POST's), first thing.
-
-    Raises ``nonce_replayed`` — unsigned, as every refusal of authentication —
-    when the nonce was used before. Once the caller commits, the nonce counts
-    as recorded; if the caller rolls back, ``MerchantRoute`` records it alone.
-    """
-    pending: PendingNonce | None = scope.get(SCOPE_NONCE)
-    if pending is None or pending.recorded:
-        return
-    if not parties.record_nonce(conn, app_id=pending.app_id, nonce=pending.nonce, now=pending.seen_at):
-        scope.pop(SCOPE_SIGNER, None)
-        raise _nonce_replayed()
-
-
 def _record_nonce_alone(engine: Engine, pending: PendingNonce) -> bool:
     """Records a nonce in a transaction of its own; False when it was used before."""
     accepted = run_in_transaction(
         engine, lambda conn: parties.record_nonce(conn, app_id=pending.app_id, nonce=pending.nonce, now=pending.seen_at)
     )
     pending.recorded = True
-    _prune_nonces_now_and_then(engine, pending.seen_at.timestamp())
     return accepted
 
 
@@ -524,8 +490,18 @@ class IdempotentPost:
         """
 
         def attempt(conn: Connection) -> Response:
-            record_pending_nonce(conn, self.scope)
-            record = parties.find_idempotency_record(conn, app_id=self.app_id, key=self.key)
+            # The request's nonce goes in this transaction, first thing (one commit per request, not two). Used
+            # before: refused, unsigned as every refusal of authentication; rolled back: MerchantRoute records it.
+            pending: PendingNonce | None = self.scope.get(SCOPE_NONCE)
+            if pending is not None and not pending.recorded:
+                accepted, record = parties.record_nonce_and_find_idempotency_record(
+                    conn, app_id=self.app_id, nonce=pending.nonce, key=self.key, now=pending.seen_at
+                )
+                if not accepted:
+                    self.scope.pop(SCOPE_SIGNER, None)
+                    raise _nonce_replayed()
+            else:
+                record = parties.find_idempotency_record(conn, app_id=self.app_id, key=self.key)
             if record is not None:
                 return self._replay(record)
             status_code, content = work(conn)
@@ -546,7 +522,6 @@ class IdempotentPost:
         pending: PendingNonce | None = self.scope.get(SCOPE_NONCE)
         if pending is not None:
             pending.recorded = True  # committed with the answer
-            _prune_nonces_now_and_then(engine, pending.seen_at.timestamp())
         return response
 
 

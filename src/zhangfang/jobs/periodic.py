@@ -12,6 +12,7 @@ Each round runs these jobs in order, each in transactions of its own:
             one after another, oldest first.
 5. payments ``enqueue_due_expiries``: each pending payment order past its
             ``expires_at`` is handed, once, to a ``payments.expire`` job (same bound).
+6. nonces   ``prune_nonces``: merchant request nonces too old to be replayed.
 
 Where it runs: ``zhangfang jobs run`` (or ``zhangfang worker``) loops in the
 foreground until SIGTERM/SIGINT; the API server may run the same loop in a
@@ -45,6 +46,7 @@ from zhangfang.db.uow import run_in_transaction
 from zhangfang.jobs import queue
 from zhangfang.ledger import service as ledger
 from zhangfang.notify import service as notify_service  # noqa: F401  (registers the notify.deliver handler)
+from zhangfang.parties import service as parties
 from zhangfang.payments import flows as payment_flows  # noqa: F401  (registers the payments.* handlers)
 from zhangfang.payments import service as payments
 
@@ -56,7 +58,7 @@ EXPIRE_BATCH_SIZE = 1000
 # ledger in one round (sealing under a sustained load) never starves the jobs after it.
 BATCHES_PER_ROUND_MAX = 20
 
-JOB_NAMES = ("sealed", "folded", "expired", "days_closed", "payments_expiring")
+JOB_NAMES = ("sealed", "folded", "expired", "days_closed", "payments_expiring", "nonces_pruned")
 PAYMENT_EXPIRY_BATCH_SIZE = 500
 
 
@@ -100,6 +102,12 @@ def hand_over_expired_payments(engine: Engine, *, now: dt.datetime | None = None
     return total
 
 
+def prune_nonces(engine: Engine, *, now: dt.datetime | None = None) -> int:
+    """Forget merchant request nonces too old to be replayed (``parties.NONCE_RETENTION_SECONDS``)."""
+    before = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=parties.NONCE_RETENTION_SECONDS)
+    return run_in_transaction(engine, lambda conn: parties.prune_nonces(conn, before=before))
+
+
 def close_past_days(engine: Engine, *, today: dt.date, wait_seconds_max: float) -> list[dt.date]:
     """Close the open date while it is before ``today``; returns the dates closed, in order."""
     closed: list[dt.date] = []
@@ -139,6 +147,7 @@ def run_round(
         "expired": lambda: expire(engine, now=now),
         "days_closed": lambda: _close_and_log(engine, today, wait_seconds_max),
         "payments_expiring": lambda: hand_over_expired_payments(engine, now=now),
+        "nonces_pruned": lambda: prune_nonces(engine, now=now),
     }
     counts = dict.fromkeys(JOB_NAMES, 0)
     failures: list[Exception] = []

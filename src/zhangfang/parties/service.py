@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from zhangfang import ids
 from zhangfang.db.sql import Prepared, insert_ignoring_conflict, insert_ignoring_conflict_in, request_digest
+from zhangfang.db.types import UtcDateTime
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.parties import errors, signing
 from zhangfang.parties.models import (
@@ -86,6 +87,9 @@ RSA_KEY_BITS_MIN = 2048
 RSA_KEY_BITS_MAX = 8192
 PAGE_LIMIT_MAX = 500
 PLATFORM_KEY_NAME = "response-signing"
+# A signed request is acceptable from 300 s before its timestamp to 300 s after: a nonce older than twice
+# that can never be replayed, and is forgotten.
+NONCE_RETENTION_SECONDS = 2 * signing.TIMESTAMP_TOLERANCE_SECONDS
 
 _MCC = re.compile(r"[0-9]{4}")
 _ACCOUNT_NUMBER = re.compile(r"[0-9]{8,32}")
@@ -535,6 +539,18 @@ _INSERT_NONCE = Prepared(
 _SELECT_IDEMPOTENCY_RECORD = sa.select(idempotency_records).where(
     idempotency_records.c.app_id == sa.bindparam("app_id"), idempotency_records.c.key == sa.bindparam("key")
 )
+_NONCE_AND_IDEMPOTENCY_RECORD = (
+    sa.text(
+        "WITH fresh AS ("
+        " INSERT INTO request_nonces (app_id, nonce, seen_at) VALUES (:app_id, :nonce, :seen_at)"
+        " ON CONFLICT (app_id, nonce) DO NOTHING RETURNING 1"
+        ") SELECT (SELECT count(*) FROM fresh) AS nonce_fresh, r.app_id, r.key, r.request_hash, r.status_code,"
+        " r.response_body, r.created_at"
+        " FROM (SELECT 1) AS one LEFT JOIN idempotency_records AS r ON r.app_id = :app_id AND r.key = :key"
+    )
+    .bindparams(sa.bindparam("seen_at", type_=UtcDateTime))
+    .columns(created_at=UtcDateTime)
+)
 _INSERT_IDEMPOTENCY_RECORD = Prepared(
     lambda dialect: insert_ignoring_conflict_in(dialect, idempotency_records, ["app_id", "key"]).returning(
         idempotency_records.c.id
@@ -556,8 +572,27 @@ def prune_nonces(conn: Connection, *, before: dt.datetime) -> int:
 def find_idempotency_record(conn: Connection, *, app_id: str, key: str) -> IdempotencyRecord | None:
     """Returns the first response recorded under this merchant's key, or None."""
     row = conn.execute(_SELECT_IDEMPOTENCY_RECORD, {"app_id": app_id, "key": key}).first()
-    if row is None:
-        return None
+    return None if row is None else _idempotency_record(row)
+
+
+def record_nonce_and_find_idempotency_record(
+    conn: Connection, *, app_id: str, nonce: str, key: str, now: dt.datetime | None = None
+) -> tuple[bool, IdempotencyRecord | None]:
+    """``record_nonce`` and ``find_idempotency_record`` at once: what every idempotent merchant POST starts with.
+
+    On PostgreSQL one statement (a data-modifying CTE), one round trip; on
+    SQLite the two statements.
+    """
+    if conn.dialect.name != "postgresql":
+        accepted = record_nonce(conn, app_id=app_id, nonce=nonce, now=now)
+        return accepted, find_idempotency_record(conn, app_id=app_id, key=key)
+    row = conn.execute(
+        _NONCE_AND_IDEMPOTENCY_RECORD, {"app_id": app_id, "nonce": nonce, "seen_at": _now(now), "key": key}
+    ).one()
+    return bool(row.nonce_fresh), None if row.request_hash is None else _idempotency_record(row)
+
+
+def _idempotency_record(row: Any) -> IdempotencyRecord:
     return IdempotencyRecord(
         app_id=row.app_id,
         key=row.key,
