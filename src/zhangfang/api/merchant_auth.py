@@ -67,6 +67,7 @@ Guarantees
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import hashlib
@@ -192,8 +193,15 @@ class ResponseSigner:
 # --------------------------------------------------------------------------- merchants, cached briefly
 
 
-def _merchants(state: Any) -> dict[str, tuple[float, Merchant]]:
-    cache: dict[str, tuple[float, Merchant]] | None = getattr(state, "zhangfang_merchants", None)
+@dataclass
+class _CachedMerchant:
+    merchant: Merchant | None
+    read_at: float
+    refreshing: asyncio.Future[Merchant | None] | None = None
+
+
+def _merchants(state: Any) -> dict[str, _CachedMerchant]:
+    cache: dict[str, _CachedMerchant] | None = getattr(state, "zhangfang_merchants", None)
     if cache is None:
         cache = state.zhangfang_merchants = {}
     return cache
@@ -205,20 +213,40 @@ def forget_merchant(request: Request, app_id: str) -> None:
 
 
 async def _merchant(request: Request, app_id: str) -> Merchant | None:
-    """The merchant with this app_id: from the cache while fresh, else read (in the threadpool) and cached."""
+    """The merchant with this app_id: from the cache while fresh, else read again (in the threadpool).
+
+    One read at a time per app_id: when an entry goes stale under load, the
+    first request reads it again and the others keep the stale one meanwhile
+    (a few milliseconds more), instead of all reading at once. Runs on the
+    event loop only, so the cache needs no lock.
+    """
     cache = _merchants(request.app.state)
     ttl = request.app.state.settings.merchant_cache_seconds
-    cached = cache.get(app_id)
-    if cached is not None and time.monotonic() - cached[0] < ttl:
-        return cached[1]
-    engine: Engine = request.app.state.engine
-    merchant = await run_in_threadpool(
-        run_in_transaction, engine, lambda conn: parties.find_merchant_by_app_id(conn, app_id=app_id), readonly=True
-    )
-    if merchant is not None and ttl > 0:
+    entry = cache.get(app_id)
+    now = time.monotonic()
+    if entry is not None and entry.merchant is not None and now - entry.read_at < ttl:
+        return entry.merchant
+    if entry is not None and entry.refreshing is not None:
+        return entry.merchant if entry.merchant is not None else await asyncio.shield(entry.refreshing)
+    if entry is None:
         if len(cache) >= MERCHANT_CACHE_SIZE_MAX:
             cache.clear()
-        cache[app_id] = (time.monotonic(), merchant)
+        entry = cache[app_id] = _CachedMerchant(merchant=None, read_at=now)
+    entry.refreshing = asyncio.get_running_loop().create_future()
+    try:
+        engine: Engine = request.app.state.engine
+        merchant = await run_in_threadpool(
+            run_in_transaction, engine, lambda conn: parties.find_merchant_by_app_id(conn, app_id=app_id), readonly=True
+        )
+    except BaseException as error:
+        entry.refreshing.set_exception(error)
+        entry.refreshing.exception()  # retrieved: the waiters (if any) see it, nobody else must
+        entry.refreshing = None
+        raise
+    entry.refreshing.set_result(merchant)
+    entry.merchant, entry.read_at, entry.refreshing = merchant, time.monotonic(), None
+    if merchant is None or ttl <= 0:
+        cache.pop(app_id, None)  # unknown app_ids are not remembered; a ttl of 0 reads every time
     return merchant
 
 
