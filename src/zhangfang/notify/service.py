@@ -56,6 +56,7 @@ import ipaddress
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -621,14 +622,26 @@ def _excerpt(response: httpx.Response) -> str:
     return bytes(collected[:RESPONSE_EXCERPT_BYTES_MAX]).decode("utf-8", errors="ignore")
 
 
+_http_client: httpx.Client | None = None
+_http_client_lock = threading.Lock()
+
+
+def _client() -> httpx.Client:
+    """One HTTP client per process, kept: building one loads the CA bundle (about 16 ms of CPU), which per
+    delivery was most of a worker's time; it also keeps connections to busy receivers open."""
+    global _http_client
+    if _http_client is None:
+        with _http_client_lock:
+            if _http_client is None:
+                _http_client = httpx.Client(follow_redirects=False)
+    return _http_client
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], timeout_seconds: float) -> _Answer:
     status_code: int | None = None
     retry_after: str | None = None
     try:
-        with (
-            httpx.Client(timeout=timeout_seconds, follow_redirects=False) as client,
-            client.stream("POST", url, content=body, headers=headers) as response,
-        ):
+        with _client().stream("POST", url, content=body, headers=headers, timeout=timeout_seconds) as response:
             status_code, retry_after = response.status_code, response.headers.get("retry-after")
             return _Answer(status_code=status_code, retry_after=retry_after, excerpt=_excerpt(response), error=None)
     except httpx.HTTPError as error:
