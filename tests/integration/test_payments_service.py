@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from tests.snapshots import snapshot
 
+from zhangfang.api import merchant_auth
 from zhangfang.channels.registry import ChannelRegistry, Route
 from zhangfang.config import Settings
 from zhangfang.db.uow import run_in_transaction
@@ -33,6 +34,7 @@ from zhangfang.notify.tables import webhook_events
 from zhangfang.parties import service as parties
 from zhangfang.parties.models import Merchant, MerchantRequest, SettlementAccount
 from zhangfang.payments import flows, postings, service  # noqa: F401  (flows registers the job handlers)
+from zhangfang.payments.api import PaymentCreatedOut
 from zhangfang.payments.models import (
     ATTEMPT_STATES,
     ATTEMPT_TRANSITIONS,
@@ -1084,3 +1086,17 @@ def test_the_database_refuses_refunding_more_than_was_paid(engine: Engine) -> No
         tx(engine, overdraw)
     assert rows(engine, sa.select(refunds.c.id)) == []
     assert rows(engine, sa.select(payment_attempts.c.state)) == [("succeeded",)]
+
+
+# --------------------------------------------------------------------------- views
+
+
+def test_a_created_order_is_answered_with_json_its_documented_model_would_produce(engine: Engine) -> None:
+    """The create endpoint sends the order's view as it is (no pydantic round trip): it must be the model's JSON."""
+    shop = new_merchant(engine)
+    order = create(engine, shop, order_request("T1", 1999, metadata={"cart": [1, 2]}, description="两包")).order
+    paid = paid_order(engine, shop, "T2", 5000)
+    for view in (service.order_view(o, public_base_url="https://pay.example") for o in (order, paid)):
+        answer = {**view, "replayed": False}
+        assert PaymentCreatedOut.model_validate(answer).model_dump(mode="json") == answer
+        assert merchant_auth._render(answer) == merchant_auth._render(PaymentCreatedOut.model_validate(answer))
