@@ -38,13 +38,15 @@ Guarantees
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
@@ -82,6 +84,7 @@ from zhangfang.payments.models import (
 from zhangfang.payments.tables import channel_notifies, payment_attempts, payment_orders, payouts, refunds
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Job kinds; their handlers live in ``flows``.
 JOB_EXPIRE = "payments.expire"
@@ -225,116 +228,31 @@ def _excerpt(text: str | None, length_max: int = ERROR_LENGTH_MAX) -> str | None
 # --------------------------------------------------------------------------- reading rows
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
+def _from_row(cls: type[T], row: Row[Any], **values: Any) -> T:
+    """A model from a row whose columns (or labels) carry its field names; ``values`` give or override fields."""
+    mapping = row._mapping
+    return cls(**{name: values[name] if name in values else mapping[name] for name in _field_names(cls)})
+
+
 def _order_from_row(row: Row[Any]) -> PaymentOrder:
-    return PaymentOrder(
-        id=row.id,
-        ref=row.ref,
-        merchant_id=row.merchant_id,
-        merchant_ref=row.merchant_ref,
-        out_trade_no=row.out_trade_no,
-        state=row.state,
-        amount=row.amount,
-        currency=row.currency,
-        subject=row.subject,
-        description=row.description,
-        user_ref=row.user_ref,
-        notify_url=row.notify_url,
-        return_url=row.return_url,
-        method=row.method,
-        preferred_channel=row.preferred_channel,
-        metadata=row.metadata,
-        fee_rate=Decimal(row.fee_rate),
-        fee=row.fee,
-        refunded=row.refunded,
-        refunding=row.refunding,
-        channel=row.channel,
-        channel_trade_no=row.channel_trade_no,
-        attempt_ref=row.attempt_ref,
-        entry_ref=row.entry_ref,
-        close_reason=row.close_reason,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        paid_at=row.paid_at,
-        closed_at=row.closed_at,
-    )
+    return _from_row(PaymentOrder, row, fee_rate=Decimal(row.fee_rate))
 
 
 def _attempt_from_row(row: Row[Any], order_ref: str) -> PaymentAttempt:
-    return PaymentAttempt(
-        id=row.id,
-        ref=row.ref,
-        order_id=row.order_id,
-        order_ref=order_ref,
-        channel=row.channel,
-        method=row.method,
-        channel_method=row.channel_method,
-        state=row.state,
-        amount=row.amount,
-        currency=row.currency,
-        action_kind=row.action_kind,
-        action_url=row.action_url,
-        action_qr_code=row.action_qr_code,
-        channel_trade_no=row.channel_trade_no,
-        duplicate=row.duplicate,
-        error_code=row.error_code,
-        error_message=row.error_message,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        paid_at=row.paid_at,
-    )
+    return _from_row(PaymentAttempt, row, order_ref=order_ref)
 
 
 def _refund_from_row(row: Row[Any], order_ref: str, attempt_ref: str) -> Refund:
-    return Refund(
-        id=row.id,
-        ref=row.ref,
-        kind=row.kind,
-        order_id=row.order_id,
-        order_ref=order_ref,
-        attempt_ref=attempt_ref,
-        merchant_id=row.merchant_id,
-        out_refund_no=row.out_refund_no,
-        state=row.state,
-        amount=row.amount,
-        currency=row.currency,
-        fee_returned=row.fee_returned,
-        reason=row.reason,
-        notify_url=row.notify_url,
-        channel=row.channel,
-        channel_refund_no=row.channel_refund_no,
-        hold_ref=row.hold_ref,
-        entry_ref=row.entry_ref,
-        failure_code=row.failure_code,
-        failure_message=row.failure_message,
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-    )
+    return _from_row(Refund, row, order_ref=order_ref, attempt_ref=attempt_ref)
 
 
 def _payout_from_row(row: Row[Any]) -> Payout:
-    return Payout(
-        id=row.id,
-        ref=row.ref,
-        merchant_id=row.merchant_id,
-        merchant_ref=row.merchant_ref,
-        out_payout_no=row.out_payout_no,
-        state=row.state,
-        amount=row.amount,
-        currency=row.currency,
-        payee_account_number=row.payee_account_number,
-        payee_account_name=row.payee_account_name,
-        payee_bank_code=row.payee_bank_code,
-        remark=row.remark,
-        notify_url=row.notify_url,
-        channel=row.channel,
-        channel_payout_no=row.channel_payout_no,
-        hold_ref=row.hold_ref,
-        entry_ref=row.entry_ref,
-        failure_code=row.failure_code,
-        failure_message=row.failure_message,
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-    )
+    return _from_row(Payout, row)
 
 
 _ORDER_REF = sa.select(payment_orders.c.ref).where(payment_orders.c.id == payment_attempts.c.order_id).scalar_subquery()
@@ -516,6 +434,12 @@ def _emit(
         )
     except InvalidInput as error:
         logger.error("payments: %s for %s not sent to %s: %s", event, ref, url, error.message)
+
+
+def _emit_order(conn: Connection, order: PaymentOrder, event: str, settings: Settings, now: dt.datetime) -> None:
+    """Tells the order's merchant (``notify_url``) what became of it, with the order as the API shows it."""
+    data = order_view(order, public_base_url=settings.public_base_url)
+    _emit(conn, merchant_id=order.merchant_id, url=order.notify_url, event=event, ref=order.ref, data=data, now=now)
 
 
 # --------------------------------------------------------------------------- orders
@@ -704,15 +628,7 @@ def close_order(
         )
     order = _move_order(conn, row, "closed", now, close_reason=reason, closed_at=now)
     _close_live_attempts(conn, order_id=order.id, except_ref=None, now=now)
-    _emit(
-        conn,
-        merchant_id=order.merchant_id,
-        url=order.notify_url,
-        event="payment.closed",
-        ref=order.ref,
-        data=order_view(order, public_base_url=settings.public_base_url),
-        now=now,
-    )
+    _emit_order(conn, order, "payment.closed", settings, now)
     return order
 
 
@@ -978,15 +894,7 @@ def apply_payment_success(
         entry_ref=entry_ref,
     )
     _close_live_attempts(conn, order_id=order.id, except_ref=attempt_ref, now=now)
-    _emit(
-        conn,
-        merchant_id=order.merchant_id,
-        url=order.notify_url,
-        event="payment.succeeded",
-        ref=order.ref,
-        data=order_view(order, public_base_url=settings.public_base_url),
-        now=now,
-    )
+    _emit_order(conn, order, "payment.succeeded", settings, now)
     return "applied"
 
 
