@@ -35,7 +35,11 @@ def serve_in_thread(
     app: object, *, host: str = "127.0.0.1", port: int = 0, timeout_seconds: float = 10.0
 ) -> RunningServer:
     """Start ``app`` with uvicorn in a daemon thread; returns when it is listening."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+    # No log_config and no log_level: uvicorn would otherwise reconfigure its loggers for the whole process,
+    # and the API server that starts the sandbox (``make run``) would stop saying where it listens.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, log_level=None, lifespan="off", access_log=False
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
     thread = threading.Thread(target=server.run, name=f"sandbox-{host}:{port}", daemon=True)
