@@ -441,7 +441,9 @@ class MerchantRoute(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         extra = dict(kwargs.pop("openapi_extra", None) or {})
-        extra["parameters"] = [*SIGNED_HEADERS_DOC, *extra.get("parameters", [])]
+        given = extra.get("parameters", [])
+        named = {parameter.get("name") for parameter in given}
+        extra["parameters"] = [*(p for p in SIGNED_HEADERS_DOC if p["name"] not in named), *given]
         super().__init__(path, endpoint, openapi_extra=extra, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
