@@ -5,11 +5,12 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 
-from fastapi import Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, utils
 from sqlalchemy.engine import Engine
 
+from zhangfang.api.responses import error_doc
 from zhangfang.config import Settings
 from zhangfang.errors import Unauthorized
 
@@ -76,3 +77,18 @@ class AdminRoute(APIRoute):
             return await handler(request)
 
         return checked
+
+
+def make_admin_router(*, prefix: str, tags: list[str]) -> APIRouter:
+    """A router for operators: the admin key checked before the body is read, common refusals documented."""
+    return APIRouter(
+        prefix=prefix,
+        tags=tags,
+        dependencies=[Depends(require_admin)],
+        route_class=AdminRoute,
+        responses={
+            401: error_doc("missing or wrong admin key (admin_key_invalid)"),
+            422: error_doc("the request is malformed (request_invalid, …)"),
+            500: error_doc("internal_error"),
+        },
+    )

@@ -22,11 +22,11 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+from fastapi import Body, Depends, Header, Query, Response, status
 from pydantic import AwareDatetime
 from sqlalchemy.engine import Connection, Engine
 
-from zhangfang.api.deps import AdminRoute, get_engine, get_settings, require_admin
+from zhangfang.api.deps import get_engine, get_settings, make_admin_router
 from zhangfang.api.responses import ErrorBody, ErrorResponse
 from zhangfang.config import Settings
 from zhangfang.db.uow import run_in_transaction
@@ -75,17 +75,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": meaning[code]} for code in statuses}
 
 
-router = APIRouter(
-    prefix="/v1/ledger",
-    tags=["ledger"],
-    dependencies=[Depends(require_admin)],
-    route_class=AdminRoute,
-    responses={
-        401: {"model": ErrorResponse, "description": "missing or wrong admin key (admin_key_invalid)"},
-        422: {"model": ErrorResponse, "description": "the request is malformed (request_invalid, …)"},
-        500: {"model": ErrorResponse, "description": "internal_error"},
-    },
-)
+router = make_admin_router(prefix="/v1/ledger", tags=["ledger"])
 
 
 def _entry_request(body: BatchEntryIn | EntryIn, idempotency_key: str | None) -> EntryRequest:

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection, Engine
 
-from zhangfang.api.deps import AdminRoute, get_engine, require_admin
+from zhangfang.api.deps import get_engine, make_admin_router
 from zhangfang.api.merchant_auth import (
     IdempotentPost,
     authenticated_merchant,
@@ -266,17 +266,7 @@ def rotate_secret(
 
 # --------------------------------------------------------------------------- admin
 
-admin_router = APIRouter(
-    prefix="/v1/admin/webhooks",
-    tags=["admin: webhooks"],
-    dependencies=[Depends(require_admin)],
-    route_class=AdminRoute,
-    responses={
-        401: error_doc("missing or wrong admin key (admin_key_invalid)"),
-        422: error_doc("the request is malformed (request_invalid, …)"),
-        500: error_doc("internal_error"),
-    },
-)
+admin_router = make_admin_router(prefix="/v1/admin/webhooks", tags=["admin: webhooks"])
 
 
 @admin_router.get(

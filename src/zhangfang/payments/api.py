@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy.engine import Connection, Engine
 from starlette.concurrency import run_in_threadpool
 
-from zhangfang.api.deps import AdminRoute, get_engine, get_settings, require_admin
+from zhangfang.api.deps import get_engine, get_settings, make_admin_router
 from zhangfang.api.merchant_auth import (
     IdempotentPost,
     authenticated_merchant,
@@ -587,17 +587,7 @@ def get_payout(
 
 # --------------------------------------------------------------------------- admin
 
-admin_router = APIRouter(
-    prefix="/v1/admin",
-    tags=["admin: payments"],
-    dependencies=[Depends(require_admin)],
-    route_class=AdminRoute,
-    responses={
-        401: error_doc("missing or wrong admin key (admin_key_invalid)"),
-        422: error_doc("the request is malformed (request_invalid, …)"),
-        500: error_doc("internal_error"),
-    },
-)
+admin_router = make_admin_router(prefix="/v1/admin", tags=["admin: payments"])
 
 
 def admin_payment_out(conn: Connection, order: PaymentOrder, settings: Settings) -> AdminPaymentOut:

@@ -107,28 +107,31 @@ class CashierMethod:
 
     method: str
     routes: tuple[Route, ...]
+    trials: frozenset[str]  # channels among the routes whose breaker is half-open: a call is a trial
 
 
 def cashier_methods(
     conn: Connection, *, order: PaymentOrder, registry: ChannelRegistry, settings: Settings, now: dt.datetime
 ) -> list[CashierMethod]:
     """The methods the payer may choose for ``order``: those with a route not cooling down, in registry order."""
+    healths = routing.health(conn)
+    threshold = settings.channel_failure_threshold
+    trials = frozenset(code for code, entry in healths.items() if entry.state(now, threshold) == "half_open")
     offered = []
     for method in registry.methods():
         if order.method is not None and method != order.method:
             continue
-        routes = routing.candidates(
-            conn,
-            registry=registry,
-            method=method,
-            currency=order.currency,
+        routes = routing.rank(
+            registry.routes(currency=order.currency, amount_minor=order.amount, method=method),
             amount=order.amount,
             preferred_channel=order.preferred_channel,
-            threshold=settings.channel_failure_threshold,
+            healths=healths,
+            threshold=threshold,
             now=now,
         )
         if routes:
-            offered.append(CashierMethod(method=method, routes=tuple(routes)))
+            on_trial = trials & {route.channel for route in routes}
+            offered.append(CashierMethod(method=method, routes=tuple(routes), trials=on_trial))
     return offered
 
 
@@ -152,7 +155,7 @@ def open_attempt(
     settings = settings or get_settings()
     now = _now(now)
 
-    def plan(conn: Connection) -> tuple[PaymentOrder, PaymentAttempt | None, list[Route]]:
+    def plan(conn: Connection) -> tuple[PaymentOrder, PaymentAttempt | None, CashierMethod]:
         order = service.get_order(conn, ref=order_ref)
         if not service.is_payable(order, now):
             raise errors.PaymentNotPayable(f"payment {order_ref} is {order.state}", field="payment", state=order.state)
@@ -163,20 +166,13 @@ def open_attempt(
             raise errors.PaymentMethodUnavailable(
                 f"method {method!r} is not available for this payment", field="method", methods=sorted(offered)
             )
-        return order, service.reusable_attempt(conn, order=order, method=method, now=now), list(offered[method].routes)
+        return order, service.reusable_attempt(conn, order=order, method=method, now=now), offered[method]
 
-    order, reusable, routes = run_in_transaction(engine, plan, readonly=True)
+    order, reusable, chosen = run_in_transaction(engine, plan, readonly=True)
     if reusable is not None:
         return reusable
-    for route in routes:
-        half_open = run_in_transaction(
-            engine,
-            lambda conn, route=route: routing.is_half_open(
-                conn, channel=route.channel, threshold=settings.channel_failure_threshold, now=now
-            ),
-            readonly=True,
-        )
-        if half_open and not routing.claim_trial(
+    for route in chosen.routes:
+        if route.channel in chosen.trials and not routing.claim_trial(
             engine,
             channel=route.channel,
             threshold=settings.channel_failure_threshold,

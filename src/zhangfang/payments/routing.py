@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from zhangfang.channels.registry import ChannelRegistry, Route
+from zhangfang.channels.registry import Route
 from zhangfang.db.sql import insert_ignoring_conflict
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.payments.models import ChannelHealth
@@ -80,35 +80,6 @@ def rank(
             route.channel,
         ),
     )
-
-
-def candidates(
-    conn: Connection,
-    *,
-    registry: ChannelRegistry,
-    method: str,
-    currency: str,
-    amount: int,
-    preferred_channel: str | None,
-    threshold: int,
-    now: dt.datetime,
-) -> list[Route]:
-    """The ranked routes for a payer ``method`` on an order of ``amount`` ``currency``."""
-    routes = registry.routes(currency=currency, amount_minor=amount, method=method)
-    return rank(
-        routes,
-        amount=amount,
-        preferred_channel=preferred_channel,
-        healths=health(conn),
-        threshold=threshold,
-        now=now,
-    )
-
-
-def is_half_open(conn: Connection, *, channel: str, threshold: int, now: dt.datetime) -> bool:
-    """True when the channel's breaker has tripped and its cool-down is over: the next call is a trial."""
-    entry = health(conn).get(channel)
-    return entry is not None and entry.state(now, threshold) == "half_open"
 
 
 def claim_trial(engine: Engine, *, channel: str, threshold: int, trial_seconds: float, now: dt.datetime) -> bool:
