@@ -1,5 +1,6 @@
 """Every domain's tables, imported so the shared ``metadata`` knows them all (for Alembic and tests)."""
 
+from zhangfang.accounting import tables as accounting_tables  # noqa: F401
 from zhangfang.db.metadata import metadata
 from zhangfang.jobs import tables as jobs_tables  # noqa: F401
 from zhangfang.ledger import tables as ledger_tables  # noqa: F401
