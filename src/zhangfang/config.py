@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,6 +87,18 @@ class Settings(BaseSettings):
         ge=0,
         description="How long an API process trusts a merchant it read (status, keys) before reading it again; "
         "changes made through the same process apply at once. 0: read on every request.",
+    )
+    accounting_chart_file: Path | None = Field(
+        default=None,
+        description="TOML chart of accounts (会计科目表); the packaged chart of a payment institution when unset.",
+    )
+    accounting_rules_file: Path | None = Field(
+        default=None,
+        description="TOML posting rules (记账规则: ledger codes to subjects, business codes to voucher templates).",
+    )
+    accounting_sync_mode: Literal["summary", "entry"] = Field(
+        default="summary",
+        description="How the periodic sync books a closed ledger day: summary vouchers (汇总凭证) or one per entry.",
     )
     payment_expiry_seconds: int = Field(
         default=1800, ge=60, le=7 * 86400, description="How long an order stays payable when it names no expiry."

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection
 from zhangfang.accounting import errors
 from zhangfang.accounting.models import NORMAL_SIDE, Chart, LedgerCodeMapping, Rule, Rules, Subject
 from zhangfang.accounting.tables import ledger_codes, rule_legs, rules, subjects, voucher_lines
+from zhangfang.config import Settings, get_settings
 
 SUBJECT_CODE = re.compile(r"[0-9A-Za-z]{1,20}")
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -184,6 +185,20 @@ def load_rules(chart: Chart, path: Path | None = None) -> Rules:
     """The posting rules in ``path`` (default: the packaged rules), checked against ``chart``."""
     path = path or default_rules_path()
     return parse_rules(_read_toml(path, errors.RulesFileInvalid), chart, source=str(path))
+
+
+def configured(settings: Settings | None = None) -> tuple[Chart, Rules]:
+    """The chart and rules the settings name (``accounting_chart_file``, ``accounting_rules_file``), validated."""
+    settings = settings or get_settings()
+    chart = load_chart(settings.accounting_chart_file)
+    return chart, load_rules(chart, settings.accounting_rules_file)
+
+
+def install_configured(conn: Connection, settings: Settings | None = None) -> Rules:
+    """Install the configured chart and rules (see ``configured``); returns the rules installed."""
+    chart, posting_rules = configured(settings)
+    install(conn, chart, posting_rules)
+    return posting_rules
 
 
 def install(conn: Connection, chart: Chart, posting_rules: Rules) -> None:

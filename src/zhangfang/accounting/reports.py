@@ -13,9 +13,11 @@ subject's type; ``balance`` gives it signed on the subject's normal side.
 账账核对 at a day D: for every subject that ledger codes map to, the
 accounting balance at D equals the sum of the ledger balances at D (the
 day-end snapshot) of the accounts of those codes. A difference comes with what
-causes it: ledger entries not booked (accounting exceptions) and vouchers not
-made from the ledger (manual and closing vouchers) on that subject. Ledger
-accounts whose code no rule maps are listed too: they are outside the books.
+causes it: ledger entries not booked (accounting exceptions) and manual
+vouchers on that subject. The year-end closing voucher (结转损益) is left out
+of the comparison: it empties income and expense subjects into profit, which
+the ledger's accounts never do. Ledger accounts whose code no rule maps are
+listed too: they are outside the books.
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ TOTAL_COLUMNS = ("opening_debit", "opening_credit", "debit", "credit", "closing_
 class DifferenceCause:
     """Why accounting and the ledger differ on a subject: an unbooked entry or a voucher not from the ledger."""
 
-    kind: str  # "unbooked_entry" | "manual_voucher" | "closing_voucher"
+    kind: str  # "unbooked_entry" | "manual_voucher"
     ref: str  # the entry's je_… or the voucher's ref
     accounting_date: dt.date
     detail: str  # the entry's business code and reason, or the voucher's summary
@@ -274,7 +276,7 @@ def check_ledger(conn: Connection, *, date: dt.date) -> CheckResult:
         .where(b.c.accounting_date == date)
         .group_by(a.c.ledger_code, a.c.currency, lc.c.subject_code)
     ).all()
-    mapped = dict(conn.execute(sa.select(lc.c.ledger_code, lc.c.subject_code)).tuples().all())
+    mapped = dict(conn.execute(sa.select(lc.c.ledger_code, lc.c.subject_code)).all())
     codes_by_subject: dict[str, set[str]] = defaultdict(set)
     for ledger_code, subject_code in mapped.items():
         codes_by_subject[subject_code].add(ledger_code)
@@ -292,7 +294,12 @@ def check_ledger(conn: Connection, *, date: dt.date) -> CheckResult:
         for row in conn.execute(
             sa.select(line.c.subject_code, v.c.currency, sa.func.sum(line.c.debit - line.c.credit).label("net"))
             .select_from(line.join(v, v.c.id == line.c.voucher_id))
-            .where(v.c.state == "posted", v.c.voucher_date <= date, line.c.subject_code.in_(codes_by_subject))
+            .where(
+                v.c.state == "posted",
+                v.c.kind != "closing",
+                v.c.voucher_date <= date,
+                line.c.subject_code.in_(codes_by_subject),
+            )
             .group_by(line.c.subject_code, v.c.currency)
         )
     }
@@ -347,7 +354,7 @@ def _causes(
         .select_from(line.join(v, v.c.id == line.c.voucher_id))
         .where(
             v.c.state == "posted",
-            v.c.kind.in_(("manual", "closing")),
+            v.c.kind == "manual",
             v.c.voucher_date <= date,
             v.c.currency == currency,
             line.c.subject_code == subject_code,

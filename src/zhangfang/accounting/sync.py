@@ -142,14 +142,14 @@ def sync(
 ) -> SyncResult:
     """Book every closed, unbooked ledger day (up to ``through``) into vouchers; see the module's guarantees.
 
-    ``chart`` and ``posting_rules`` default to the configured files; they are
+    ``chart`` and ``posting_rules`` default to the configured files (both or neither); they are
     installed into the database first. ``on_day`` is called after each day commits
     (progress bars).
     """
     if mode not in ("summary", "entry"):
         raise errors.ReportFormatInvalid(f"sync mode is summary or entry, not {mode!r}", field="mode")
-    chart = chart or chart_files.load_chart()
-    posting_rules = posting_rules or chart_files.load_rules(chart)
+    if chart is None or posting_rules is None:
+        chart, posting_rules = chart_files.configured()
     run_in_transaction(engine, lambda conn: chart_files.install(conn, chart, posting_rules))
     booked: list[SyncedDay] = []
     for day in run_in_transaction(engine, lambda conn: days_to_sync(conn, through=through), readonly=True):
@@ -256,7 +256,7 @@ def _book_summary(conn: Connection, day: dt.date, period: str, now: dt.datetime)
     lines_by_voucher: dict[tuple[str, bool, str], list[sa.Row]] = defaultdict(list)
     for row in grouped:
         lines_by_voucher[(row.business_code, bool(row.reversal), row.currency)].append(row)
-    summaries = dict(conn.execute(sa.select(rules.c.business_code, rules.c.summary)).tuples().all())
+    summaries = dict(conn.execute(sa.select(rules.c.business_code, rules.c.summary)).all())
     first_number = take_numbers(conn, period, len(lines_by_voucher))
     for offset, ((business_code, reversal, currency), rows) in enumerate(sorted(lines_by_voucher.items())):
         rows.sort(key=lambda row: (row.side != "debit", row.subject_code, row.aux))
