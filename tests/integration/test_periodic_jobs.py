@@ -9,6 +9,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from zhangfang.accounting import service as accounting
 from zhangfang.config import Settings
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.jobs import periodic
@@ -63,6 +64,7 @@ def test_a_round_with_nothing_to_do_does_nothing(engine):
         "folded": 0,
         "expired": 0,
         "days_closed": 0,
+        "days_booked": 0,
         "payments_expiring": 0,
         "nonces_pruned": 0,
     }
@@ -139,6 +141,10 @@ def test_a_round_closes_every_past_day_in_order(engine, bank_and_wallet):
     transfer(engine, "day1", bank, wallet, 100)
     counts = run_round(engine, today=first + dt.timedelta(days=2))
     assert counts["days_closed"] == 2
+    assert counts["days_booked"] == 2  # accounting books each closed day in the same round
+    booked = run_in_transaction(engine, lambda conn: accounting.list_synced_days(conn), readonly=True)
+    # the test's "transfer" business code has no posting rule: reported, not dropped
+    assert [(d.accounting_date, d.exception_count) for d in booked] == [(first + dt.timedelta(days=1), 0), (first, 1)]
     closes = run_in_transaction(engine, lambda conn: ledger.list_day_closes(conn), readonly=True)
     assert [(c.accounting_date, c.state, c.entry_count) for c in closes] == [
         (first + dt.timedelta(days=1), "closed", 0),

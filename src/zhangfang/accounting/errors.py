@@ -29,6 +29,8 @@ Closing a period (``service.close_period``): ``operator_invalid``, ``period_inva
 period is not closed or not booked yet), ``period_has_pending_vouchers``,
 ``trial_balance_unbalanced``. Closing a closed period returns it unchanged.
 
+Booking (``sync.sync``): ``sync_mode_invalid`` (summary or entry).
+
 Reports and checks: ``period_invalid``, ``day_not_accounted`` (账账核对 needs a day the ledger
 has closed and accounting has booked), ``report_format_invalid``.
 """
@@ -128,6 +130,10 @@ class TrialBalanceUnbalanced(Rejected):
 
 class DayNotAccounted(Rejected):
     code = "day_not_accounted"
+
+
+class SyncModeInvalid(InvalidInput):
+    code = "sync_mode_invalid"
 
 
 class ReportFormatInvalid(InvalidInput):

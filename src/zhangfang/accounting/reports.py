@@ -33,6 +33,7 @@ from zhangfang.accounting import errors
 from zhangfang.accounting.periods import parse_period
 from zhangfang.accounting.sync import last_synced_date
 from zhangfang.accounting.tables import exceptions, ledger_codes, subjects, voucher_lines, vouchers
+from zhangfang.db.sql import sum_minor
 from zhangfang.ledger.tables import account_day_balances, accounts, journal_entries, postings
 
 
@@ -158,9 +159,9 @@ def trial_balance(
         sa.select(
             line.c.subject_code,
             v.c.currency,
-            sa.func.sum(sa.case((before, line.c.debit - line.c.credit), else_=0)).label("opening"),
-            sa.func.sum(sa.case((before, 0), else_=line.c.debit)).label("debit"),
-            sa.func.sum(sa.case((before, 0), else_=line.c.credit)).label("credit"),
+            sum_minor(sa.case((before, line.c.debit - line.c.credit), else_=0)).label("opening"),
+            sum_minor(sa.case((before, 0), else_=line.c.debit)).label("debit"),
+            sum_minor(sa.case((before, 0), else_=line.c.credit)).label("credit"),
         )
         .select_from(line.join(v, v.c.id == line.c.voucher_id))
         .where(v.c.state == "posted", v.c.voucher_date <= date_to)
@@ -270,7 +271,7 @@ def check_ledger(conn: Connection, *, date: dt.date) -> CheckResult:
             a.c.currency,
             lc.c.subject_code,
             sa.func.count().label("accounts"),
-            sa.func.sum(b.c.debits_posted - b.c.credits_posted).label("net"),
+            sum_minor(b.c.debits_posted - b.c.credits_posted).label("net"),
         )
         .select_from(b.join(a, a.c.id == b.c.account_id).outerjoin(lc, lc.c.ledger_code == a.c.ledger_code))
         .where(b.c.accounting_date == date)
@@ -292,7 +293,7 @@ def check_ledger(conn: Connection, *, date: dt.date) -> CheckResult:
     accounting_net = {
         (row.subject_code, row.currency): row.net
         for row in conn.execute(
-            sa.select(line.c.subject_code, v.c.currency, sa.func.sum(line.c.debit - line.c.credit).label("net"))
+            sa.select(line.c.subject_code, v.c.currency, sum_minor(line.c.debit - line.c.credit).label("net"))
             .select_from(line.join(v, v.c.id == line.c.voucher_id))
             .where(
                 v.c.state == "posted",
@@ -329,7 +330,7 @@ def _causes(
     e, p, a, x = journal_entries, postings, accounts, exceptions
     signed = sa.case((p.c.side == "debit", p.c.amount), else_=-p.c.amount)
     unbooked = conn.execute(
-        sa.select(e.c.ref, e.c.accounting_date, e.c.business_code, x.c.reason, sa.func.sum(signed).label("amount"))
+        sa.select(e.c.ref, e.c.accounting_date, e.c.business_code, x.c.reason, sum_minor(signed).label("amount"))
         .select_from(
             x.join(e, e.c.id == x.c.entry_id).join(p, p.c.entry_id == e.c.id).join(a, a.c.id == p.c.account_id)
         )
@@ -349,7 +350,7 @@ def _causes(
             v.c.kind,
             v.c.voucher_date,
             v.c.summary,
-            sa.func.sum(line.c.debit - line.c.credit).label("amount"),
+            sum_minor(line.c.debit - line.c.credit).label("amount"),
         )
         .select_from(line.join(v, v.c.id == line.c.voucher_id))
         .where(

@@ -48,7 +48,7 @@ from zhangfang.accounting.tables import (
     voucher_lines,
     vouchers,
 )
-from zhangfang.db.sql import request_digest
+from zhangfang.db.sql import request_digest, sum_minor
 from zhangfang.ledger.tables import day_closes, journal_entries
 
 OPERATOR = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
@@ -435,7 +435,7 @@ def _post_year_end_closing(
             line.c.subject_code,
             line.c.dimension,
             line.c.aux,
-            sa.func.sum(line.c.debit - line.c.credit).label("net"),
+            sum_minor(line.c.debit - line.c.credit).label("net"),
         )
         .select_from(line.join(v, v.c.id == line.c.voucher_id).join(s, s.c.code == line.c.subject_code))
         .where(

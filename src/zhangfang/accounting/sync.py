@@ -54,6 +54,7 @@ from zhangfang.accounting.tables import (
     voucher_lines,
     vouchers,
 )
+from zhangfang.db.sql import sum_minor
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger.tables import accounts, day_closes, journal_entries, postings
 
@@ -147,7 +148,7 @@ def sync(
     (progress bars).
     """
     if mode not in ("summary", "entry"):
-        raise errors.ReportFormatInvalid(f"sync mode is summary or entry, not {mode!r}", field="mode")
+        raise errors.SyncModeInvalid(f"sync mode is summary or entry, not {mode!r}", field="mode")
     if chart is None or posting_rules is None:
         chart, posting_rules = chart_files.configured()
     run_in_transaction(engine, lambda conn: chart_files.install(conn, chart, posting_rules))
@@ -236,7 +237,7 @@ def _book_summary(conn: Connection, day: dt.date, period: str, now: dt.datetime)
             _legs.c.dimension,
             _AUX.label("aux"),
             _postings.c.side,
-            sa.func.sum(_postings.c.amount).label("amount"),
+            sum_minor(_postings.c.amount).label("amount"),
         )
         .select_from(_MAPPED_POSTINGS)
         .where(booked)
@@ -326,7 +327,7 @@ def _book_entries(conn: Connection, day: dt.date, period: str, now: dt.datetime)
         sa.select(
             _postings.c.entry_id,
             _postings.c.currency,
-            sa.func.sum(sa.case((_postings.c.side == "debit", _postings.c.amount), else_=0)).label("total"),
+            sum_minor(sa.case((_postings.c.side == "debit", _postings.c.amount), else_=0)).label("total"),
         )
         .select_from(_DAY_POSTINGS)
         .where(booked)

@@ -32,11 +32,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import zhangfang
+from zhangfang.accounting import api as accounting_api
+from zhangfang.accounting import chart as accounting_chart
 from zhangfang.api.responses import ErrorResponse
 from zhangfang.channels import registry as channel_registry
 from zhangfang.channels.registry import ChannelRegistry
 from zhangfang.config import Settings, get_settings
 from zhangfang.db.engine import create_engine
+from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import ZhangfangError
 from zhangfang.jobs.periodic import start_in_thread
 from zhangfang.ledger import api as ledger_api
@@ -250,6 +253,8 @@ def create_app(
             app.state.registry = sandbox.registry()
             channel_registry.install(app.state.registry)
             logger.info("sandbox channels running; their configuration is %s", sandbox.config_path)
+        # The chart of accounts and posting rules are files: a bad one stops the start, not a finance report later.
+        run_in_transaction(engine, lambda conn: accounting_chart.install_configured(conn, settings))
         # The periodic ledger jobs (seal, fold, expire holds, day-end) and the job queue run beside the API
         # when asked, so `make run` is one process; production runs `zhangfang worker` separately.
         jobs = start_in_thread(engine, settings) if settings.run_jobs_in_server else None
@@ -310,6 +315,7 @@ def create_app(
     # Routes are matched in order, one after another: the busiest (merchants' payments) go first.
     app.include_router(payments_api.router)
     app.include_router(ledger_api.router)
+    app.include_router(accounting_api.router)
     app.include_router(parties_api.admin_router)
     app.include_router(parties_api.router)
     app.include_router(notify_api.admin_router)

@@ -4,6 +4,7 @@
 
     zhangfang [--database-url URL] db upgrade | db current
     zhangfang ledger …            accounts, entries, holds, chain, day-end (``zhangfang.ledger.cli``)
+    zhangfang accounting …        vouchers, trial balance, 账账核对, periods, reports (``zhangfang.accounting.cli``)
     zhangfang merchants …         merchants: create, show, list, status (``zhangfang.parties.cli``)
     zhangfang webhooks …          merchant webhook events: list, show, replay; listen (``zhangfang.notify.cli``)
     zhangfang payments …          payment orders: list, show, close; channel notifies (``zhangfang.payments.cli``)
@@ -32,6 +33,7 @@ import typer
 from rich.table import Table
 
 from zhangfang import demo, money
+from zhangfang.accounting.cli import app as accounting_app
 from zhangfang.channels import registry as channel_registry
 from zhangfang.cli import CliState, console, get_state, print_json
 from zhangfang.config import get_settings
@@ -85,6 +87,7 @@ demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Periodic ledger jobs: seal, fold, expire holds, day-end.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(accounting_app, name="accounting")
 app.add_typer(demo_app, name="demo")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(merchants_app, name="merchants")

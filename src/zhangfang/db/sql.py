@@ -58,3 +58,12 @@ def canonical_json(value: Any) -> str:
 def request_digest(payload: Any) -> str:
     """SHA-256 of the canonical JSON of a request: the same request under the same key hashes the same."""
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def sum_minor(expression: Any) -> Any:
+    """``SUM`` of amounts in minor units, as a 64-bit integer on every database.
+
+    PostgreSQL widens ``SUM(bigint)`` to ``numeric`` (a ``Decimal`` in Python); money
+    in minor units is an ``int`` everywhere else, so the sum is cast back in SQL.
+    """
+    return sa.cast(sa.func.sum(expression), sa.BigInteger)

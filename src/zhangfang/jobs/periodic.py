@@ -10,9 +10,12 @@ Each round runs these jobs in order, each in transactions of its own:
             (Asia/Shanghai), ``close_day(open_date)``: a date closes in the first
             round after its midnight, and dates missed while no worker ran close
             one after another, oldest first.
-5. payments ``enqueue_due_expiries``: each pending payment order past its
+5. accounts ``accounting.sync``: the days just closed (and any not yet booked) become
+            vouchers (记账凭证) in the configured mode; a bad chart or rules file fails
+            this job only, every round, until it is fixed.
+6. payments ``enqueue_due_expiries``: each pending payment order past its
             ``expires_at`` is handed, once, to a ``payments.expire`` job (same bound).
-6. nonces   ``prune_nonces``: merchant request nonces too old to be replayed.
+7. nonces   ``prune_nonces``: merchant request nonces too old to be replayed.
 
 Where it runs: ``zhangfang jobs run`` (or ``zhangfang worker``) loops in the
 foreground until SIGTERM/SIGINT; the API server may run the same loop in a
@@ -41,6 +44,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 
+from zhangfang.accounting import chart as accounting_chart
+from zhangfang.accounting import sync as accounting_sync
 from zhangfang.config import Settings, get_settings
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.jobs import queue
@@ -58,7 +63,7 @@ EXPIRE_BATCH_SIZE = 1000
 # ledger in one round (sealing under a sustained load) never starves the jobs after it.
 BATCHES_PER_ROUND_MAX = 20
 
-JOB_NAMES = ("sealed", "folded", "expired", "days_closed", "payments_expiring", "nonces_pruned")
+JOB_NAMES = ("sealed", "folded", "expired", "days_closed", "days_booked", "payments_expiring", "nonces_pruned")
 PAYMENT_EXPIRY_BATCH_SIZE = 500
 
 
@@ -121,6 +126,21 @@ def close_past_days(engine: Engine, *, today: dt.date, wait_seconds_max: float) 
         assert following > current, f"closing {current} left the open date at {following}"
 
 
+def book_closed_days(engine: Engine, settings: Settings) -> int:
+    """Book the ledger days closed since the last sync into vouchers; returns how many days."""
+    chart, posting_rules = accounting_chart.configured(settings)
+    result = accounting_sync.sync(engine, chart=chart, posting_rules=posting_rules, mode=settings.accounting_sync_mode)
+    for day in result.days:
+        logger.info(
+            "accounting: booked %s (%d entries, %d vouchers, %d exceptions)",
+            day.accounting_date.isoformat(),
+            day.entry_count,
+            day.voucher_count,
+            day.exception_count,
+        )
+    return len(result.days)
+
+
 def business_today(settings: Settings, now: dt.datetime | None = None) -> dt.date:
     """Today's date in the business time zone (Asia/Shanghai)."""
     return (now or dt.datetime.now(dt.UTC)).astimezone(ZoneInfo(settings.timezone)).date()
@@ -146,6 +166,7 @@ def run_round(
         "folded": lambda: fold(engine),
         "expired": lambda: expire(engine, now=now),
         "days_closed": lambda: _close_and_log(engine, today, wait_seconds_max),
+        "days_booked": lambda: book_closed_days(engine, settings),
         "payments_expiring": lambda: hand_over_expired_payments(engine, now=now),
         "nonces_pruned": lambda: prune_nonces(engine, now=now),
     }
