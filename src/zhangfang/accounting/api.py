@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, Header, Query, Response, status
-from fastapi.responses import PlainTextResponse
 from sqlalchemy.engine import Engine
 
 from zhangfang.accounting import beancount, errors, reports, service, statements
@@ -188,21 +187,25 @@ def _required(value: Any, field: str) -> Any:
 
 @router.get(
     "/export/beancount",
-    response_class=PlainTextResponse,
     summary="The books as a beancount file (bean-check verifies it)",
+    responses={200: {"content": {"text/plain": {}}, "description": "the beancount file"}, **_errors(422)},
 )
-def export_beancount(through: dt.date | None = None, engine: Engine = Depends(get_engine)) -> PlainTextResponse:
+def export_beancount(through: dt.date | None = None, engine: Engine = Depends(get_engine)) -> Response:
     buffer = io.StringIO()
     run_in_transaction(engine, lambda conn: beancount.export_beancount(conn, buffer, through=through), readonly=True)
-    return PlainTextResponse(
-        buffer.getvalue(), headers={"Content-Disposition": 'attachment; filename="zhangfang.beancount"'}
+    return Response(
+        buffer.getvalue(),
+        media_type="text/plain; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="zhangfang.beancount"'},
     )
 
 
 # --------------------------------------------------------------------------- vouchers
 
 
-@router.get("/vouchers", response_model=VoucherPage, summary="Vouchers in the order they were made")
+@router.get(
+    "/vouchers", response_model=VoucherPage, summary="Vouchers in the order they were made", responses=_errors(422)
+)
 def list_vouchers(
     period: str | None = None,
     state: Literal["pending", "posted", "rejected"] | None = None,
@@ -214,7 +217,7 @@ def list_vouchers(
     def work(conn: Any) -> list[Any]:
         after_id = service.voucher_id_of(conn, cursor) if cursor else None
         if cursor and after_id is None:
-            raise errors.VoucherNotFound(f"cursor {cursor!r} names no voucher", field="cursor")
+            raise errors.CursorInvalid(f"cursor {cursor!r} is not the ref of a voucher", field="cursor")
         return service.list_vouchers(conn, period=period, state=state, kind=kind, limit=limit, after_id=after_id)
 
     found = run_in_transaction(engine, work, readonly=True)

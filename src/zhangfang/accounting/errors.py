@@ -13,6 +13,8 @@ Submitting a manual voucher (``service.submit_manual_voucher``):
  5. ``voucher_summary_invalid``       1 to 200 characters
  6. ``voucher_lines_too_few``         at least two lines
  7. ``voucher_line_invalid``          each line: exactly one of debit and credit, an integer > 0 of the minor unit
+                                      (at most 10**17 in all); a dimension of at most 20 lowercase characters;
+                                      an auxiliary value of at most 200
  8. ``voucher_must_balance``          total debits equal total credits
  9. ``subject_not_found``             a line names a subject the chart does not have
 10. ``subject_not_leaf``              vouchers book to leaf subjects only
@@ -30,6 +32,8 @@ period is not closed or not booked yet), ``period_has_pending_vouchers``,
 ``trial_balance_unbalanced``. Closing a closed period returns it unchanged.
 
 Booking (``sync.sync``): ``sync_mode_invalid`` (summary or entry).
+
+Listing vouchers: ``period_invalid``, ``cursor_invalid`` (not the ref of a voucher).
 
 Reports and checks: ``period_invalid``, ``day_not_accounted`` (账账核对 needs a day the ledger
 has closed and accounting has booked), ``report_format_invalid``.
@@ -134,6 +138,10 @@ class DayNotAccounted(Rejected):
 
 class SyncModeInvalid(InvalidInput):
     code = "sync_mode_invalid"
+
+
+class CursorInvalid(InvalidInput):
+    code = "cursor_invalid"
 
 
 class ReportFormatInvalid(InvalidInput):

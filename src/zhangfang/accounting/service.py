@@ -53,6 +53,7 @@ from zhangfang.ledger.tables import day_closes, journal_entries
 
 OPERATOR = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+DIMENSION = re.compile(r"[a-z][a-z0-9_]{0,19}")
 AMOUNT_MAX = 10**17  # far above any real voucher, far below the 64-bit column
 
 # Where the year's closing voucher (结转损益) carries profit: 本年利润, then 未分配利润.
@@ -92,8 +93,18 @@ def _validate_manual(conn: Connection, request: ManualVoucherRequest) -> None:
                 f"line {index + 1}: exactly one of debit and credit is a positive integer of the minor unit",
                 field=f"lines[{index}]",
             )
+        if line.dimension is not None and not (isinstance(line.dimension, str) and DIMENSION.fullmatch(line.dimension)):
+            raise errors.VoucherLineInvalid(
+                f"line {index + 1}: a dimension is a lowercase name of at most 20 characters", field=f"lines[{index}]"
+            )
+        if not isinstance(line.aux, str) or len(line.aux) > 200:
+            raise errors.VoucherLineInvalid(
+                f"line {index + 1}: an auxiliary value is at most 200 characters", field=f"lines[{index}]"
+            )
     debits = sum(line.debit for line in request.lines)
     credits = sum(line.credit for line in request.lines)
+    if max(debits, credits) > AMOUNT_MAX:
+        raise errors.VoucherLineInvalid(f"a voucher's total is at most {AMOUNT_MAX} minor units", field="lines")
     if debits != credits:
         raise errors.VoucherMustBalance(
             f"debits {money.format_minor(debits, request.currency)} differ from credits "

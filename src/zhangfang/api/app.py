@@ -254,7 +254,12 @@ def create_app(
             channel_registry.install(app.state.registry)
             logger.info("sandbox channels running; their configuration is %s", sandbox.config_path)
         # The chart of accounts and posting rules are files: a bad one stops the start, not a finance report later.
-        run_in_transaction(engine, lambda conn: accounting_chart.install_configured(conn, settings))
+        # A database that does not answer yet must not: /healthz says so, and every sync installs them again.
+        chart, posting_rules = accounting_chart.configured(settings)
+        try:
+            run_in_transaction(engine, lambda conn: accounting_chart.install(conn, chart, posting_rules))
+        except sa.exc.OperationalError:
+            logger.warning("the database does not answer: the chart of accounts is installed by the next sync")
         # The periodic ledger jobs (seal, fold, expire holds, day-end) and the job queue run beside the API
         # when asked, so `make run` is one process; production runs `zhangfang worker` separately.
         jobs = start_in_thread(engine, settings) if settings.run_jobs_in_server else None
