@@ -103,16 +103,17 @@ def test_entry_mode_makes_one_voucher_per_entry_with_the_same_books(engine):
     assert books.check(day).ok
 
 
-def test_an_entry_no_rule_covers_is_reported_not_booked_and_the_check_names_it(engine):
+@pytest.mark.parametrize("mode", ["summary", "entry"])
+def test_an_entry_no_rule_covers_is_reported_not_booked_and_the_check_names_it(engine, mode):
     books = open_books(engine)
     books.pay("pay-1", "m001", 10_000, 60)
     unknown = books.post("gift-1", "marketing_gift", ("fee_income", "debit", 100), ("m001", "credit", 100))
     stray_leg = books.post("pay-odd", "payment", ("custody", "debit", 50), ("m001", "credit", 50))
     day = books.close_day()
 
-    result = books.sync()
+    result = books.sync(mode=mode)
 
-    assert (result.entry_count, result.exception_count) == (1, 2)
+    assert (result.entry_count, result.exception_count, result.voucher_count) == (1, 2, 1)
     with engine.connect() as conn:
         reported = {(x.entry_ref, x.reason) for x in service.list_exceptions(conn)}
     assert reported == {(unknown, "no_rule"), (stray_leg, "leg_not_in_rule")}

@@ -90,12 +90,15 @@ def _write(table: table_export.Table, out: Path | None, fmt: str) -> None:
         console().print(f"wrote {out}")
 
 
-def _print_table(table: table_export.Table) -> None:
+def _print_table(table: table_export.Table, *, hide: tuple[str, ...] = ()) -> None:
+    """A report as a Rich table; ``hide`` leaves columns out of the screen (files keep them)."""
+    keep = [index for index, column in enumerate(table.columns) if column not in hide]
     shown = Table(title=table.title)
-    for column in table.columns:
-        shown.add_column(column)
+    for index in keep:
+        justify = "right" if table.columns[index] in table.amount_columns else "left"
+        shown.add_column(table.columns[index], justify=justify)
     for row in table.rows:
-        shown.add_row(*row)
+        shown.add_row(*(row[index] for index in keep))
     console().print(shown)
 
 
@@ -190,7 +193,7 @@ def trial_balance_command(
     if as_json:
         print_json(dump(TrialBalanceOut.of(trial)))
     else:
-        _print_table(table)
+        _print_table(table, hide=("name_en",))
         console().print("balanced" if trial.balanced else f"NOT balanced in {trial.unbalanced_currencies()}")
     if not trial.balanced:
         raise typer.Exit(1)

@@ -33,9 +33,10 @@ Guarantees
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -48,6 +49,7 @@ from zhangfang.accounting.models import SYSTEM_MAKER, Chart, Rules, SyncedDay, S
 from zhangfang.accounting.periods import ensure_open_period, take_numbers
 from zhangfang.accounting.tables import (
     exceptions,
+    periods,
     rule_legs,
     rules,
     synced_days,
@@ -57,6 +59,9 @@ from zhangfang.accounting.tables import (
 from zhangfang.db.sql import sum_minor
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger.tables import accounts, day_closes, journal_entries, postings
+
+# work_mem of the transaction booking a day on PostgreSQL: a day's aggregation fits in memory, not on disk.
+AGGREGATION_WORK_MEM = "256MB"
 
 _entries = journal_entries.alias("e")
 _postings = postings.alias("p")
@@ -184,11 +189,24 @@ def book_day(
         )
     )
     period = ensure_open_period(conn, day)
-    exception_count = _report_exceptions(conn, day, now)
-    if mode == "summary":
-        entry_count, voucher_count = _book_summary(conn, day, period, now)
-    else:
-        entry_count, voucher_count = _book_entries(conn, day, period, now)
+    entry_count = voucher_count = exception_count = 0
+    first_id, last_id = conn.execute(
+        sa.select(sa.func.min(journal_entries.c.id), sa.func.max(journal_entries.c.id)).where(
+            journal_entries.c.accounting_date == day
+        )
+    ).one()
+    if first_id is not None:
+        _tune_for_aggregation(conn)
+        scope = _Day(day, first_id, last_id, skip_exceptions=False)
+        lines = conn.execute(_summary_lines(scope)).all()
+        if any(line.subject_code is None for line in lines):  # some leg has no rule: find its entries
+            exception_count = _report_exceptions(conn, scope, now)
+            scope = dataclasses.replace(scope, skip_exceptions=True)
+            lines = conn.execute(_summary_lines(scope)).all() if mode == "summary" else []
+        if mode == "summary":
+            entry_count, voucher_count = _book_summary(conn, scope, lines, period, now)
+        else:
+            entry_count, voucher_count = _book_entries(conn, scope, period, now)
     conn.execute(
         synced_days.update()
         .where(synced_days.c.accounting_date == day)
@@ -197,11 +215,98 @@ def book_day(
     return SyncedDay(day, mode, entry_count, exception_count, voucher_count, rules_hash, now)
 
 
-def _report_exceptions(conn: Connection, day: dt.date, now: dt.datetime) -> int:
+@dataclass(frozen=True)
+class _Day:
+    """The day being booked, and what every query of it filters on."""
+
+    date: dt.date
+    first_id: int  # the day's entries' ids, lowest and highest
+    last_id: int
+    skip_exceptions: bool  # leave out the entries reported as exceptions
+
+    def posted(self) -> sa.ColumnElement[bool]:
+        """The day's posted postings (of booked entries)."""
+        conditions = [
+            _entries.c.accounting_date == self.date,
+            # Implied by the join; it lets PostgreSQL read the day's slice of the postings' primary key
+            # instead of the whole journal, so a day costs its own volume, not the ledger's history.
+            _postings.c.entry_id.between(self.first_id, self.last_id),
+            _postings.c.effect == "posted",
+        ]
+        if self.skip_exceptions:
+            conditions.append(_not_an_exception(_postings.c.entry_id))
+        return sa.and_(*conditions)
+
+
+def _tune_for_aggregation(conn: Connection) -> None:
+    """Room for one large aggregation in this transaction (PostgreSQL), helper threads for sorting (SQLite)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{AGGREGATION_WORK_MEM}'")
+        conn.exec_driver_sql("SET LOCAL jit = off")  # compiling the plan costs more than it saves here
+    else:
+        conn.exec_driver_sql("PRAGMA threads = 2")
+
+
+def _summary_lines(scope: _Day) -> sa.Select:
+    """The day's postings summed per business code, reversal, currency, subject, auxiliary value and side.
+
+    Summed per account first, on integer keys (the one pass over the postings); only the few
+    thousand per-account sums are then joined with accounts and rules. A leg no rule covers comes
+    out with a null subject.
+    """
+    by_account = (
+        sa.select(
+            _entries.c.business_code,
+            _IS_REVERSAL,
+            _postings.c.currency,
+            _postings.c.account_id,
+            _postings.c.side,
+            sum_minor(_postings.c.amount).label("amount"),
+        )
+        .select_from(_postings.join(_entries, _entries.c.id == _postings.c.entry_id))
+        .where(scope.posted())
+        .group_by(
+            _entries.c.business_code, _IS_REVERSAL, _postings.c.currency, _postings.c.account_id, _postings.c.side
+        )
+        .subquery("d")
+    )
+    d, a, r = by_account, accounts.alias("a2"), rule_legs.alias("r2")
+    mirrored = sa.case((d.c.side == "debit", sa.literal("credit")), else_=sa.literal("debit"))
+    aux = sa.case(
+        (r.c.dimension.is_(None), sa.literal("")),
+        (r.c.dimension_source == "account", a.c.key),
+        else_=sa.func.coalesce(a.c.owner_ref, sa.literal("")),
+    )
+    return (
+        sa.select(
+            d.c.business_code,
+            d.c.reversal,
+            d.c.currency,
+            r.c.subject_code,
+            r.c.dimension,
+            aux.label("aux"),
+            d.c.side,
+            sum_minor(d.c.amount).label("amount"),
+        )
+        .select_from(
+            d.join(a, a.c.id == d.c.account_id).outerjoin(
+                r,
+                sa.and_(
+                    r.c.business_code == d.c.business_code,
+                    r.c.ledger_code == a.c.ledger_code,
+                    r.c.side == sa.case((d.c.reversal == 1, mirrored), else_=d.c.side),
+                ),
+            )
+        )
+        .group_by(d.c.business_code, d.c.reversal, d.c.currency, r.c.subject_code, r.c.dimension, aux, d.c.side)
+    )
+
+
+def _report_exceptions(conn: Connection, scope: _Day, now: dt.datetime) -> int:
     uncovered = (
         sa.select(_postings.c.entry_id)
         .select_from(_MAPPED_POSTINGS)
-        .where(_entries.c.accounting_date == day, _postings.c.effect == "posted", _legs.c.business_code.is_(None))
+        .where(scope.posted(), _legs.c.business_code.is_(None))
         .distinct()
     )
     e = journal_entries
@@ -220,45 +325,22 @@ def _report_exceptions(conn: Connection, day: dt.date, now: dt.datetime) -> int:
     )
     # Counted, not taken from rowcount: drivers do not all report it for INSERT … SELECT.
     return conn.execute(
-        sa.select(sa.func.count()).select_from(exceptions).where(exceptions.c.accounting_date == day)
+        sa.select(sa.func.count()).select_from(exceptions).where(exceptions.c.accounting_date == scope.date)
     ).scalar_one()
 
 
-def _book_summary(conn: Connection, day: dt.date, period: str, now: dt.datetime) -> tuple[int, int]:
-    booked = sa.and_(
-        _entries.c.accounting_date == day, _postings.c.effect == "posted", _not_an_exception(_postings.c.entry_id)
-    )
-    grouped = conn.execute(
-        sa.select(
-            _entries.c.business_code,
-            _IS_REVERSAL,
-            _postings.c.currency,
-            _legs.c.subject_code,
-            _legs.c.dimension,
-            _AUX.label("aux"),
-            _postings.c.side,
-            sum_minor(_postings.c.amount).label("amount"),
-        )
-        .select_from(_MAPPED_POSTINGS)
-        .where(booked)
-        .group_by(
-            _entries.c.business_code,
-            _IS_REVERSAL,
-            _postings.c.currency,
-            _legs.c.subject_code,
-            _legs.c.dimension,
-            _AUX,
-            _postings.c.side,
-        )
-    ).all()
+def _book_summary(
+    conn: Connection, scope: _Day, grouped: Sequence[sa.Row], period: str, now: dt.datetime
+) -> tuple[int, int]:
     if not grouped:
         return 0, 0
-    counts = _entry_counts(conn, booked)
+    counts = _entry_counts(conn, scope, {row.currency for row in grouped})
     lines_by_voucher: dict[tuple[str, bool, str], list[sa.Row]] = defaultdict(list)
     for row in grouped:
         lines_by_voucher[(row.business_code, bool(row.reversal), row.currency)].append(row)
     summaries = dict(conn.execute(sa.select(rules.c.business_code, rules.c.summary)).all())
     first_number = take_numbers(conn, period, len(lines_by_voucher))
+    day = scope.date
     for offset, ((business_code, reversal, currency), rows) in enumerate(sorted(lines_by_voucher.items())):
         rows.sort(key=lambda row: (row.side != "debit", row.subject_code, row.aux))
         debits = sum(row.amount for row in rows if row.side == "debit")
@@ -304,40 +386,46 @@ def _book_summary(conn: Connection, day: dt.date, period: str, now: dt.datetime)
     return sum(counts.values()), len(lines_by_voucher)
 
 
-def _entry_counts(conn: Connection, booked: sa.ColumnElement[bool]) -> dict[tuple[str, bool, str], int]:
+def _entry_counts(conn: Connection, scope: _Day, currencies: set[str]) -> dict[tuple[str, bool, str], int]:
+    """Booked entries per business code, reversal and currency: counted on the entries, not the postings."""
+    currency = sa.union_all(
+        *(sa.select(sa.literal(code, sa.String).label("currency")) for code in sorted(currencies))
+    ).subquery("c")
+    conditions = [
+        _entries.c.accounting_date == scope.date,
+        _entries.c.id.between(scope.first_id, scope.last_id),
+        sa.exists().where(
+            postings.c.entry_id == _entries.c.id,
+            postings.c.currency == currency.c.currency,
+            postings.c.effect == "posted",
+        ),
+    ]
+    if scope.skip_exceptions:
+        conditions.append(_not_an_exception(_entries.c.id))
     rows = conn.execute(
-        sa.select(
-            _entries.c.business_code,
-            _IS_REVERSAL,
-            _postings.c.currency,
-            sa.func.count(sa.distinct(_postings.c.entry_id)).label("entries"),
-        )
-        .select_from(_DAY_POSTINGS)
-        .where(booked)
-        .group_by(_entries.c.business_code, _IS_REVERSAL, _postings.c.currency)
+        sa.select(_entries.c.business_code, _IS_REVERSAL, currency.c.currency, sa.func.count().label("entries"))
+        .select_from(_entries.join(currency, sa.true()))
+        .where(*conditions)
+        .group_by(_entries.c.business_code, _IS_REVERSAL, currency.c.currency)
     ).all()
     return {(row.business_code, bool(row.reversal), row.currency): row.entries for row in rows}
 
 
-def _book_entries(conn: Connection, day: dt.date, period: str, now: dt.datetime) -> tuple[int, int]:
-    booked = sa.and_(
-        _entries.c.accounting_date == day, _postings.c.effect == "posted", _not_an_exception(_postings.c.entry_id)
-    )
+def _book_entries(conn: Connection, scope: _Day, period: str, now: dt.datetime) -> tuple[int, int]:
+    booked, day = scope.posted(), scope.date
     per_voucher = (
         sa.select(
             _postings.c.entry_id,
             _postings.c.currency,
             sum_minor(sa.case((_postings.c.side == "debit", _postings.c.amount), else_=0)).label("total"),
         )
-        .select_from(_DAY_POSTINGS)
+        .select_from(_postings.join(_entries, _entries.c.id == _postings.c.entry_id))
         .where(booked)
         .group_by(_postings.c.entry_id, _postings.c.currency)
         .subquery("v")
     )
-    count = conn.execute(sa.select(sa.func.count()).select_from(per_voucher)).scalar_one()
-    if not count:
-        return 0, 0
-    first_number = take_numbers(conn, period, count)
+    # Numbered from the period's next number (locked by ensure_open_period); the count is taken after.
+    first_number = conn.execute(sa.select(periods.c.next_number).where(periods.c.period == period)).scalar_one()
     e = journal_entries
     number = sa.func.row_number().over(order_by=(per_voucher.c.entry_id, per_voucher.c.currency))
     conn.execute(
@@ -414,7 +502,9 @@ def _book_entries(conn: Connection, day: dt.date, period: str, now: dt.datetime)
             .where(booked),
         )
     )
-    entry_count = conn.execute(
-        sa.select(sa.func.count(sa.distinct(per_voucher.c.entry_id))).select_from(per_voucher)
-    ).scalar_one()
+    written = vouchers.c.voucher_date == day, vouchers.c.kind == "entry"
+    count, entry_count = conn.execute(
+        sa.select(sa.func.count(), sa.func.count(sa.distinct(vouchers.c.source_entry_id))).where(*written)
+    ).one()
+    take_numbers(conn, period, count)
     return entry_count, count
