@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 export ZHANGFANG_ADMIN_API_KEY ?= zf-demo-admin-key
 
-.PHONY: run test install lint bench bench-payments clean
+.PHONY: run test install lint bench bench-payments bench-accounting clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: install
 
 bench-payments: install
 	$(BIN)/python benchmarks/payments_api.py
+
+bench-accounting: install
+	$(BIN)/python benchmarks/accounting_sync.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

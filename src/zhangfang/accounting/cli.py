@@ -217,8 +217,10 @@ def check_command(
 
 def _print_check(result: reports.CheckResult) -> None:
     table = Table(title=f"账账核对 ledger vs accounting at {result.date}")
-    for column in ("subject", "currency", "ledger codes", "ledger", "accounting", "difference"):
+    for column in ("subject", "currency", "ledger codes"):
         table.add_column(column)
+    for column in ("ledger", "accounting", "difference"):
+        table.add_column(column, justify="right")
     for item in result.subjects:
         table.add_row(
             f"{item.subject.code} {item.subject.name_zh}",
@@ -294,7 +296,10 @@ def export_command(
     through_date = _date(through, "through")
     with out.open("w", encoding="utf-8") as file:
         summary = _work(ctx, lambda conn: beancount.export_beancount(conn, file, through=through_date), readonly=True)
-    console().print(f"wrote {out}: {summary}")
+    console().print(
+        f"wrote {out}: {summary.vouchers} vouchers, {summary.postings} postings, {summary.accounts} accounts, "
+        f"{summary.assertions} balance assertions (check it with bean-check)"
+    )
 
 
 # --------------------------------------------------------------------------- statements
@@ -417,11 +422,14 @@ def _print_vouchers(vouchers: list[Voucher]) -> None:
 
 def _print_voucher(voucher: Voucher) -> None:
     out = console()
-    out.print(f"{voucher.label}  {voucher.ref}  {voucher.voucher_date}  {voucher.kind}  {voucher.state}")
+    number = f"{voucher.label}  " if voucher.number is not None else ""
+    out.print(f"{number}{voucher.ref}  {voucher.voucher_date}  {voucher.kind}  {voucher.state}")
     out.print(f"摘要 {voucher.summary}   maker {voucher.maker}   checker {voucher.checker or '-'}")
     table = Table()
-    for column in ("subject", "aux", "debit", "credit"):
+    for column in ("subject", "aux"):
         table.add_column(column)
+    for column in ("debit", "credit"):
+        table.add_column(column, justify="right")
     for line in voucher.lines:
         table.add_row(
             line.subject_code,
