@@ -35,19 +35,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import random
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
+from bench_db import emit, fresh_database
 from zhangfang import ids
 from zhangfang.accounting import reports
 from zhangfang.accounting import sync as accounting
@@ -64,7 +62,6 @@ from zhangfang.payments.postings import (
     merchant_pending_request,
 )
 
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 TARGET = 100_000  # entries/s, summary mode
 CHANNELS = ("alipay", "wechatpay")
 CURRENCY = "CNY"
@@ -75,35 +72,7 @@ ENTRY_COLUMNS = "id, ref, idempotency_key, request_hash, kind, business_code, ac
 POSTING_COLUMNS = "entry_id, seq, account_id, side, effect, amount, currency"
 
 
-def emit(name: str, value: float, unit: str, database: str, **extra: object) -> None:
-    print(json.dumps({"name": name, "value": round(value, 3), "unit": unit, "database": database, **extra}))
-    sys.stdout.flush()
-
-
 # --------------------------------------------------------------------------- setup
-
-
-def fresh_database(kind: str, workdir: Path) -> tuple[str, Callable[[], None]]:
-    if kind == "sqlite":
-        path = workdir / f"bench-{uuid.uuid4().hex[:8]}.db"
-
-        def remove() -> None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-        return f"sqlite:///{path}", remove
-    server = os.environ.get("ZHANGFANG_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    name = f"zf_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(server).set(database=name).render_as_string(hide_password=False), drop
 
 
 def open_accounts(engine: Engine, merchants: int) -> tuple[list[int], list[int], int]:

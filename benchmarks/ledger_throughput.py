@@ -26,19 +26,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import multiprocessing
-import os
 import random
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
+from bench_db import emit, fresh_database
 from zhangfang import ids
 from zhangfang.db.engine import create_engine
 from zhangfang.db.migrate import upgrade
@@ -47,13 +43,7 @@ from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import AccountRequest, EntryRequest, Leg
 
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BATCH_SIZE = 1_000
-
-
-def emit(name: str, value: float, unit: str, database: str, **extra: object) -> None:
-    print(json.dumps({"name": name, "value": round(value, 3), "unit": unit, "database": database, **extra}))
-    sys.stdout.flush()
 
 
 def transfer(key: str, debit: str, credit: str, amount: int) -> EntryRequest:
@@ -190,24 +180,6 @@ def storage_limit(engine, wallets: list[str], batches: int) -> float:
 
 
 # --------------------------------------------------------------------------- driver
-
-
-def fresh_database(kind: str, workdir: Path) -> tuple[str, callable]:
-    if kind == "sqlite":
-        path = workdir / f"bench-{uuid.uuid4().hex[:8]}.db"
-        return f"sqlite:///{path}", lambda: None
-    server = os.environ.get("ZHANGFANG_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    name = f"zf_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(server).set(database=name).render_as_string(hide_password=False), drop
 
 
 def commit_baseline(engine, seconds: float = 2.0) -> float:

@@ -93,8 +93,8 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 import uvloop
-from sqlalchemy.engine import make_url
 
+from bench_db import fresh_database
 from zhangfang.parties import signing
 from zhangfang.payments.api import PaymentIn  # the floor validates the body with the very same model
 
@@ -106,7 +106,6 @@ FLOOR_TABLE = "bench_floor_orders"
 SUBJECT = "西湖龙井 250g"
 NOTIFY_URL = "https://merchant.example/notify"
 RETURN_URL = "https://merchant.example/return"
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SIGNED_MARGIN = 1.5
 ERROR_SAMPLES_MAX = 5
@@ -122,22 +121,6 @@ def note(text: str) -> None:
 
 
 # --------------------------------------------------------------------------- database (as ledger_throughput.py)
-
-
-def fresh_database() -> tuple[str, Callable[[], None]]:
-    """A new database on the ZHANGFANG_TEST_POSTGRES_URL server, and the function that drops it."""
-    server = os.environ.get("ZHANGFANG_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    name = f"zf_bench_api_{secrets.token_hex(4)}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(server).set(database=name).render_as_string(hide_password=False), drop
 
 
 def commit_baseline(engine: sa.Engine, seconds: float = 2.0) -> float:
@@ -870,7 +853,7 @@ def figure_line(name: str, result: RunResult, unit: str, **extra: Any) -> None:
 
 def prepare(workdir: Path, jobs_in_server: bool) -> tuple[str, Callable[[], None], sa.Engine, dict[str, str]]:
     """A fresh database, migrated; the environment every server process gets."""
-    database_url, drop = fresh_database()
+    database_url, drop = fresh_database("postgresql")
     try:
         platform_key_pem = signing.private_key_pem(signing.generate_private_key())
         env = server_env(
