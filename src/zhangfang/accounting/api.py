@@ -167,7 +167,7 @@ def report(
 
     table = run_in_transaction(engine, build, readonly=True)
     if format == "json":
-        return {"title": table.title, "columns": list(table.columns), "rows": [list(row) for row in table.rows]}
+        return table.as_json()
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / f"{name}.{format}"
         table_export.write_table(table, path, format)

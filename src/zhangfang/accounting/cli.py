@@ -309,7 +309,7 @@ def _report(ctx: typer.Context, build: Callable[[Any], Any], as_json: bool, out:
     table = _work(ctx, lambda conn: build(conn).to_table(), readonly=True)
     _write(table, out, fmt)
     if as_json:
-        print_json({"title": table.title, "columns": list(table.columns), "rows": [list(row) for row in table.rows]})
+        print_json(table.as_json())
         return
     _print_table(table)
 
@@ -420,6 +420,13 @@ def _print_vouchers(vouchers: list[Voucher]) -> None:
     console().print(table)
 
 
+def _show_voucher(voucher: Voucher, as_json: bool) -> None:
+    if as_json:
+        print_json(dump(VoucherOut.of(voucher)))
+    else:
+        _print_voucher(voucher)
+
+
 def _print_voucher(voucher: Voucher) -> None:
     out = console()
     number = f"{voucher.label}  " if voucher.number is not None else ""
@@ -463,10 +470,7 @@ def vouchers_list(
 def vouchers_show(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
     """One voucher with its lines, by ref (vch_…) or number (记-2026-11-0001)."""
     voucher = _work(ctx, lambda conn: service.get_voucher(conn, ref=ref), readonly=True)
-    if as_json:
-        print_json(dump(VoucherOut.of(voucher)))
-        return
-    _print_voucher(voucher)
+    _show_voucher(voucher, as_json)
 
 
 def parse_voucher_line(text: str, side: str, currency: str) -> VoucherLine:
@@ -514,10 +518,7 @@ def vouchers_submit(
         maker=maker,
     )
     voucher, _created = _work(ctx, lambda conn: service.submit_manual_voucher(conn, request=request))
-    if as_json:
-        print_json(dump(VoucherOut.of(voucher)))
-        return
-    _print_voucher(voucher)
+    _show_voucher(voucher, as_json)
 
 
 @vouchers_app.command("approve")
@@ -529,10 +530,7 @@ def vouchers_approve(
 ) -> None:
     """Approve and post a pending manual voucher (maker-checker): it gets its number."""
     voucher = _work(ctx, lambda conn: service.approve_voucher(conn, ref=ref, checker=checker))
-    if as_json:
-        print_json(dump(VoucherOut.of(voucher)))
-        return
-    _print_voucher(voucher)
+    _show_voucher(voucher, as_json)
 
 
 @vouchers_app.command("reject")
@@ -545,10 +543,7 @@ def vouchers_reject(
 ) -> None:
     """Reject a pending manual voucher; it is kept, never posted."""
     voucher = _work(ctx, lambda conn: service.reject_voucher(conn, ref=ref, checker=checker, reason=reason))
-    if as_json:
-        print_json(dump(VoucherOut.of(voucher)))
-        return
-    _print_voucher(voucher)
+    _show_voucher(voucher, as_json)
 
 
 # --------------------------------------------------------------------------- periods

@@ -60,6 +60,10 @@ class Table:
         assert all(len(row) == len(self.columns) for row in self.rows), f"{self.title}: a row has the wrong width"
         assert set(self.amount_columns) <= set(self.columns), f"{self.title}: unknown amount columns"
 
+    def as_json(self) -> dict[str, object]:
+        """The JSON the CLI's ``--json`` and the API give for a report."""
+        return {"title": self.title, "columns": list(self.columns), "rows": [list(row) for row in self.rows]}
+
 
 def write_csv(table: Table, path_or_stream: str | Path | IO[str] | IO[bytes]) -> None:
     """Write ``table`` as CSV (header, then rows) to a path or an open stream, UTF-8 with a BOM."""
