@@ -6,6 +6,7 @@ Every figure below is worked out by hand from the entries the test posts.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -300,3 +301,31 @@ def test_the_check_needs_a_booked_day(engine):
     with pytest.raises(ZhangfangError) as refused:
         books.check(day)
     assert refused.value.code == "day_not_accounted"
+
+
+def test_two_workers_syncing_at_once_book_each_day_once(engine):
+    set_ledger_clock(engine, dt.date(2026, 3, 10))
+    books = open_books(engine)
+    for day_number in range(3):
+        books.pay(f"pay-{day_number}", "m001", 1_000 + day_number, 6)
+        books.close_day()
+    results, failures = [], []
+
+    def worker():
+        try:
+            results.append(books.sync())
+        except Exception as error:  # the test reports any failure of either worker
+            failures.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    assert sum(len(result.days) for result in results) == 3
+    with engine.connect() as conn:
+        booked = service.list_vouchers(conn)
+    assert sorted(v.number for v in booked) == [1, 2, 3]
+    assert books.trial_balance(date=books.open_date() - dt.timedelta(days=1)).balanced

@@ -229,40 +229,48 @@ def install(conn: Connection, chart: Chart, posting_rules: Rules) -> None:
             )
         if any(getattr(row, name) != value for name, value in values.items()):
             conn.execute(subjects.update().where(subjects.c.code == subject.code).values(**values))
-    conn.execute(rule_legs.delete())
-    conn.execute(rules.delete())
-    conn.execute(ledger_codes.delete())
-    if posting_rules.ledger_codes:
-        conn.execute(
-            ledger_codes.insert(),
-            [
-                {
-                    "ledger_code": mapping.ledger_code,
-                    "subject_code": mapping.subject_code,
-                    "dimension": mapping.dimension,
-                    "dimension_source": mapping.dimension_source,
-                }
-                for mapping in posting_rules.ledger_codes.values()
-            ],
-        )
-    if posting_rules.rules:
-        conn.execute(
-            rules.insert(),
-            [{"business_code": rule.business_code, "summary": rule.summary} for rule in posting_rules.rules.values()],
-        )
-        conn.execute(
-            rule_legs.insert(),
-            [
-                {
-                    "business_code": rule.business_code,
-                    "side": side,
-                    "ledger_code": ledger_code,
-                    "subject_code": posting_rules.ledger_codes[ledger_code].subject_code,
-                    "dimension": posting_rules.ledger_codes[ledger_code].dimension,
-                    "dimension_source": posting_rules.ledger_codes[ledger_code].dimension_source,
-                }
-                for rule in posting_rules.rules.values()
-                for side, codes in (("debit", rule.debit), ("credit", rule.credit))
-                for ledger_code in codes
-            ],
-        )
+    wanted = _rule_rows(posting_rules)
+    if all(_rows_of(conn, table) == rows for table, rows in wanted.items()):
+        return  # the usual case: nothing changed, nothing written, no lock taken
+    for table in (rule_legs, rules, ledger_codes):
+        conn.execute(table.delete())
+    for table in (ledger_codes, rules, rule_legs):
+        if wanted[table]:
+            conn.execute(table.insert(), [dict(row) for row in wanted[table]])
+
+
+def _rule_rows(posting_rules: Rules) -> dict[sa.Table, set[tuple[tuple[str, object], ...]]]:
+    """The rows of the three rule tables the rules make, each a sorted tuple of (column, value)."""
+
+    def row(**values: object) -> tuple[tuple[str, object], ...]:
+        return tuple(sorted(values.items()))
+
+    return {
+        ledger_codes: {
+            row(
+                ledger_code=mapping.ledger_code,
+                subject_code=mapping.subject_code,
+                dimension=mapping.dimension,
+                dimension_source=mapping.dimension_source,
+            )
+            for mapping in posting_rules.ledger_codes.values()
+        },
+        rules: {row(business_code=rule.business_code, summary=rule.summary) for rule in posting_rules.rules.values()},
+        rule_legs: {
+            row(
+                business_code=rule.business_code,
+                side=side,
+                ledger_code=code,
+                subject_code=posting_rules.ledger_codes[code].subject_code,
+                dimension=posting_rules.ledger_codes[code].dimension,
+                dimension_source=posting_rules.ledger_codes[code].dimension_source,
+            )
+            for rule in posting_rules.rules.values()
+            for side, codes in (("debit", rule.debit), ("credit", rule.credit))
+            for code in codes
+        },
+    }
+
+
+def _rows_of(conn: Connection, table: sa.Table) -> set[tuple[tuple[str, object], ...]]:
+    return {tuple(sorted(row._mapping.items())) for row in conn.execute(sa.select(table))}

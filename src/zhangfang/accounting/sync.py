@@ -6,15 +6,19 @@ one transaction:
 
 1. claim the day (insert its ``accounting_synced_days`` row: a second sync of
    the same day fails on the primary key and rolls back, changing nothing);
-2. report every entry of the day with a posted leg its business code's template
-   does not cover (``accounting_exceptions``: ``no_rule`` or ``leg_not_in_rule``);
-   such an entry is booked not at all rather than in part;
-3. book every other entry's posted legs — in SQL, one ``GROUP BY`` over the day's
-   postings, never row by row in Python:
+2. sum the day's posted postings per business code, currency, account and side —
+   one ``GROUP BY`` over the day's slice of the postings, in SQL, on integer keys,
+   never row by row in Python — and map the few thousand sums to subjects and
+   auxiliary values through the rules;
+3. only if some sum has no rule: report every entry with a posted leg its
+   template does not cover (``accounting_exceptions``: ``no_rule`` or
+   ``leg_not_in_rule``) and sum again without them — such an entry is booked not
+   at all rather than in part; then book:
 
    - ``summary`` mode (汇总凭证, the default): one voucher per business code and
-     currency, a line per subject, auxiliary value and side, amounts summed;
-   - ``entry`` mode: one voucher per entry and currency, a line per posting;
+     currency (reversals apart), a line per subject, auxiliary value and side;
+   - ``entry`` mode: one voucher per entry and currency, a line per posting,
+     written by ``INSERT … SELECT``;
 
 4. number the vouchers in their period (记-YYYY-MM-NNNN), gapless, and record the
    day's counts and the digest of the rules that booked it.
@@ -125,6 +129,13 @@ def last_synced_date(conn: Connection) -> dt.date | None:
     return conn.execute(sa.select(sa.func.max(synced_days.c.accounting_date))).scalar()
 
 
+def _is_booked(conn: Connection, day: dt.date) -> bool:
+    return (
+        conn.execute(sa.select(synced_days.c.accounting_date).where(synced_days.c.accounting_date == day)).first()
+        is not None
+    )
+
+
 def days_to_sync(conn: Connection, *, through: dt.date | None = None) -> list[dt.date]:
     """The ledger days closed after the cursor (up to ``through``), oldest first."""
     cursor = last_synced_date(conn)
@@ -159,10 +170,18 @@ def sync(
     run_in_transaction(engine, lambda conn: chart_files.install(conn, chart, posting_rules))
     booked: list[SyncedDay] = []
     for day in run_in_transaction(engine, lambda conn: days_to_sync(conn, through=through), readonly=True):
-        synced = run_in_transaction(
-            engine,
-            lambda conn, day=day: book_day(conn, day, mode=mode, rules_hash=posting_rules.digest, now=now),
-        )
+        try:
+            synced = run_in_transaction(
+                engine,
+                lambda conn, day=day: book_day(conn, day, mode=mode, rules_hash=posting_rules.digest, now=now),
+            )
+        except sa.exc.IntegrityError:
+            # Another worker claimed the day first (its accounting_synced_days row): it books it, not us.
+            if not run_in_transaction(engine, lambda conn, day=day: _is_booked(conn, day), readonly=True):
+                raise
+            continue
+        if synced is None:
+            continue
         booked.append(synced)
         if on_day is not None:
             on_day(synced)
@@ -171,12 +190,16 @@ def sync(
 
 def book_day(
     conn: Connection, day: dt.date, *, mode: SyncMode, rules_hash: str, now: dt.datetime | None = None
-) -> SyncedDay:
-    """Book one closed ledger day in the caller's transaction (steps 1-4 of the module docstring)."""
+) -> SyncedDay | None:
+    """Book one closed ledger day in the caller's transaction (steps 1-4 of the module docstring).
+
+    Returns None, writing nothing, when the cursor is already at or past the day (another
+    worker booked it).
+    """
     now = now or dt.datetime.now(dt.UTC)
     cursor = last_synced_date(conn)
     if cursor is not None and day <= cursor:
-        raise errors.PeriodNotSynced(f"accounting date {day} is already booked (the cursor is at {cursor})")
+        return None
     conn.execute(
         synced_days.insert().values(
             accounting_date=day,
