@@ -7,5 +7,6 @@ from zhangfang.ledger import tables as ledger_tables  # noqa: F401
 from zhangfang.notify import tables as notify_tables  # noqa: F401
 from zhangfang.parties import tables as parties_tables  # noqa: F401
 from zhangfang.payments import tables as payments_tables  # noqa: F401
+from zhangfang.recon import tables as recon_tables  # noqa: F401
 
 __all__ = ["metadata"]

@@ -484,6 +484,27 @@ def _apply_status(
     return "pending"
 
 
+def verify_with_channel(engine: Engine, *, attempt_ref: str, now: dt.datetime | None = None) -> str:
+    """Ask the channel about an attempt and record its answer through the normal path (a query's result).
+
+    What reconciliation uses to supplement (补单) a payment the channel's bill shows and we missed.
+    Returns the outcome: ``applied``, ``already_applied``, ``duplicate``, ``amount_mismatch`` (see
+    ``service.apply_payment_success``), ``closed``, ``pending``, or ``unknown`` when the channel never
+    heard of the attempt (or we did not).
+    """
+    settings = job_settings()
+    now = _now(now)
+    attempt = _attempt(engine, attempt_ref)
+    if attempt is None:
+        return "unknown"
+    status = _query(engine, channel_registry.current().adapter(attempt.channel), attempt, settings, now)
+    if status is None:
+        return "unknown"
+    if attempt.state == "succeeded":
+        return "already_applied" if status.state == "succeeded" else status.state
+    return _apply_status(engine, attempt, status, settings, now)
+
+
 def _flag_mismatch(conn: Connection, ref: str, amount: int | None, currency: str | None, now: dt.datetime) -> None:
     """The channel says it took another amount than the attempt's: nothing is booked, and operators must look
     (the attempt carries ``amount_mismatch`` until reconciliation resolves it)."""

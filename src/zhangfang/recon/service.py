@@ -1,0 +1,584 @@
+"""Reconciliation (对账): import a channel's bill, match it against our records of the day, keep the differences.
+
+Import (``import_bill``): the importer streams the file (``recon.importers``);
+its lines are written in batches inside one transaction. A file with a
+malformed line imports nothing (``recon_file_invalid``, listing line numbers
+and reasons) unless the caller asks for a partial import, which writes the
+valid lines and returns the rejected ones (the CLI writes them to a rejects
+file). The same bytes for the same channel and date import once.
+
+Matching (``run``), per channel and bill date, in SQL:
+
+- the pool on the channel's side is the day's new lines plus lines carried from
+  earlier days; on ours, the channel's succeeded payment attempts and refunds of
+  the day (Asia/Shanghai), and those of the last ``carry_seconds`` of the day
+  before that no bill has matched yet;
+- the key is our number at the channel (``pat_…`` for a payment, ``rfd_…`` for a
+  refund); a second line with a key already on the bill is a ``duplicate``;
+- same key, same amount, same fee (payments: the route's cost) → matched;
+  otherwise ``amount_mismatch``, ``fee_mismatch``, or ``status_mismatch`` (the
+  bill says the trade did not succeed);
+- a line with no record of ours is ``channel_only`` (长款) — unless it falls in the
+  last ``carry_seconds`` of the day, when it is carried to the next day's run first
+  (跨日); a record of ours with no line is ``platform_only`` (短款) under the same rule.
+
+Guarantees
+- A run happens once per channel and date; every pooled line ends matched,
+  carried, or in exactly one discrepancy.
+- Nothing here moves money: resolutions that do go through the ledger (``workflow``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from zhangfang import ids
+from zhangfang.channels.registry import ChannelRegistry
+from zhangfang.db.sql import sum_minor
+from zhangfang.db.uow import run_in_transaction
+from zhangfang.payments.tables import payment_attempts, refunds
+from zhangfang.recon import errors
+from zhangfang.recon.importers import LineError, StatementLine, iter_statement
+from zhangfang.recon.tables import bill_lines, bills, discrepancies, runs
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+INSERT_BATCH = 5_000
+CARRY_SECONDS_DEFAULT = 1_800  # items in the last half hour of a day may be on the next day's bill
+# What the channels' bills say of a trade that went through (a line with no status — the direct banks
+# list succeeded trades only — went through too); anything else is a status mismatch.
+SUCCESS_STATUSES = ("SUCCESS", "TRADE_SUCCESS", "TRADE_FINISHED", "REFUND", "交易", "退款", "成功", "succeeded")
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    ref: str
+    channel: str
+    bill_date: dt.date
+    line_count: int
+    rejected: tuple[LineError, ...]
+    totals: dict[str, Any]
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class RunResult:
+    channel: str
+    bill_date: dt.date
+    matched_count: int
+    matched_amount: int
+    carried_count: int
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # class → {"count", "amount"}
+
+
+BILL_DATE_MIN, BILL_DATE_MAX = dt.date(2000, 1, 1), dt.date(9998, 12, 31)
+
+
+def check_bill_date(day: object) -> dt.date:
+    """A bill's business date: a date between 2000 and 9998 (``bill_date_invalid``)."""
+    if not isinstance(day, dt.date) or isinstance(day, dt.datetime) or not BILL_DATE_MIN <= day <= BILL_DATE_MAX:
+        raise errors.BillDateInvalid(
+            f"bill_date must be a date from {BILL_DATE_MIN} to {BILL_DATE_MAX}", field="bill_date"
+        )
+    return day
+
+
+def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """The UTC instants a business date (Asia/Shanghai) starts and ends."""
+    start = dt.datetime.combine(day, dt.time(), SHANGHAI).astimezone(dt.UTC)
+    return start, start + dt.timedelta(days=1)
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_bill(
+    engine: Engine,
+    *,
+    channel: str,
+    bill_date: dt.date,
+    path: Path,
+    fmt: str,
+    partial: bool = False,
+    on_lines: Callable[[int], None] | None = None,
+    now: dt.datetime | None = None,
+) -> ImportResult:
+    """Import a bill file for a channel and date (see the module docstring); ``on_lines`` reports progress."""
+    check_bill_date(bill_date)
+    now = now or dt.datetime.now(dt.UTC)
+    digest = _sha256(path)
+
+    def work(conn: Connection) -> ImportResult:
+        existing = conn.execute(
+            sa.select(bills).where(bills.c.channel == channel, bills.c.bill_date == bill_date, bills.c.sha256 == digest)
+        ).first()
+        if existing is not None:
+            return ImportResult(
+                existing.ref, channel, bill_date, existing.line_count, (), existing.totals, replayed=True
+            )
+        ref = ids.new_id("rcb")
+        bill_id = conn.execute(
+            bills.insert()
+            .values(
+                ref=ref,
+                channel=channel,
+                bill_date=bill_date,
+                format=fmt,
+                file_name=path.name,
+                sha256=digest,
+                line_count=0,
+                rejected_count=0,
+                totals={},
+                imported_at=now,
+            )
+            .returning(bills.c.id)
+        ).scalar_one()
+        reader = iter_statement(path, fmt)
+        rejected: list[LineError] = []
+        batch: list[dict[str, Any]] = []
+        written = 0
+        for item in reader:
+            if isinstance(item, LineError):
+                rejected.append(item)
+                continue
+            batch.append(_line_row(item, bill_id, channel, bill_date))
+            if len(batch) >= INSERT_BATCH:
+                conn.execute(bill_lines.insert(), batch)
+                written += len(batch)
+                batch.clear()
+                if on_lines is not None:
+                    on_lines(written)
+        if batch:
+            conn.execute(bill_lines.insert(), batch)
+            written += len(batch)
+            if on_lines is not None:
+                on_lines(written)
+        if rejected and not partial:
+            raise errors.ReconFileInvalid(
+                f"{path.name}: {len(rejected)} malformed line(s); nothing imported "
+                f"(first: line {rejected[0].line_no}: {rejected[0].reason})",
+                field="file",
+                lines=[{"line": error.line_no, "reason": error.reason} for error in rejected[:100]],
+            )
+        totals = reader.totals.as_json()
+        conn.execute(
+            bills.update()
+            .where(bills.c.id == bill_id)
+            .values(line_count=written, rejected_count=len(rejected), totals=totals)
+        )
+        return ImportResult(ref, channel, bill_date, written, tuple(rejected), totals, replayed=False)
+
+    return run_in_transaction(engine, work)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _line_row(line: StatementLine, bill_id: int, channel: str, bill_date: dt.date) -> dict[str, Any]:
+    return {
+        "bill_id": bill_id,
+        "channel": channel,
+        "bill_date": bill_date,
+        "line_no": line.line_no,
+        "kind": line.kind,
+        "channel_ref": line.channel_ref,
+        "order_ref": line.order_ref,
+        "amount": line.amount,
+        "fee": abs(line.fee),
+        "currency": line.currency,
+        "status": (line.status or "")[:32] or None,
+        "occurred_at": line.occurred_at,
+        "state": "new",
+    }
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def expected_fee(registry: ChannelRegistry | None, channel: str) -> sa.ColumnElement[int] | None:
+    """What the channel should charge for a payment attempt, as SQL over ``payment_attempts``.
+
+    The route the attempt took (its channel, payer method, currency and amount band)
+    gives ``cost_fixed + amount × cost_rate``, half up to the fen, in integer
+    arithmetic so SQLite and PostgreSQL agree to the fen. None when the registry
+    does not know the channel (fees are then not compared).
+    """
+    if registry is None:
+        return None
+    a = payment_attempts
+    cases = []
+    for route in (route for route in registry.routes() if route.channel == channel):
+        sign, digits, exponent = route.cost_rate.as_tuple()
+        numerator = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
+        scale = 10 ** max(0, -int(exponent))
+        if exponent > 0:
+            numerator *= 10**exponent
+        cost = route.cost_fixed_minor + (a.c.amount * (2 * numerator) + scale) / (2 * scale)
+        cases.append(
+            (
+                sa.and_(
+                    a.c.method == route.method,
+                    a.c.currency == route.currency,
+                    a.c.amount.between(route.amount_min_minor, route.amount_max_minor),
+                ),
+                cost,
+            )
+        )
+    return sa.case(*cases, else_=sa.null()) if cases else None
+
+
+def run(
+    engine: Engine,
+    *,
+    channel: str,
+    bill_date: dt.date,
+    registry: ChannelRegistry | None = None,
+    carry_seconds: int = CARRY_SECONDS_DEFAULT,
+    now: dt.datetime | None = None,
+) -> RunResult:
+    """Match the channel's bill of ``bill_date`` against our records (see the module docstring); once per day."""
+    check_bill_date(bill_date)
+    now = now or dt.datetime.now(dt.UTC)
+    start, end = day_bounds(bill_date)
+    carry_from = end - dt.timedelta(seconds=carry_seconds)
+    fee_sql = expected_fee(registry, channel)
+
+    def work(conn: Connection) -> RunResult:
+        if conn.execute(sa.select(runs.c.id).where(runs.c.channel == channel, runs.c.bill_date == bill_date)).first():
+            raise errors.ReconRunExists(f"{channel} {bill_date} is reconciled already", field="bill_date")
+        run_id = conn.execute(
+            runs.insert()
+            .values(
+                channel=channel,
+                bill_date=bill_date,
+                matched_count=0,
+                matched_amount=0,
+                carried_count=0,
+                counts={},
+                ran_at=now,
+            )
+            .returning(runs.c.id)
+        ).scalar_one()
+        pool = _pool(conn, channel, bill_date)
+        _mark_duplicates(conn, run_id, channel, bill_date, pool, now)
+        platform = _platform_records(conn, channel, start - dt.timedelta(seconds=carry_seconds), end, fee_sql)
+        matched_count = matched_amount = carried = 0
+        counts: dict[str, dict[str, int]] = {}
+        found: set[tuple[str, str]] = set()
+        new_rows: list[dict[str, Any]] = []
+        line_states: dict[int, str] = {}
+        for line in conn.execute(
+            sa.select(bill_lines).where(bill_lines.c.id.in_(pool), bill_lines.c.state.in_(("new", "carried")))
+        ):
+            key = (line.kind, line.order_ref or "")
+            record = platform.get(key)
+            if record is None:
+                known = _known_elsewhere(conn, line)
+                if known is None and line.occurred_at is not None and line.occurred_at >= carry_from:
+                    line_states[line.id] = "carried"
+                    carried += 1
+                    continue
+                new_rows.append(_discrepancy(run_id, channel, bill_date, "channel_only", line, known, now))
+                line_states[line.id] = "differs"
+                continue
+            found.add(key)
+            klass = _compare(line, record)
+            if klass is None:
+                line_states[line.id] = "matched"
+                matched_count += 1
+                matched_amount += line.amount
+                continue
+            new_rows.append(_discrepancy(run_id, channel, bill_date, klass, line, record, now))
+            line_states[line.id] = "differs"
+        for key, record in platform.items():
+            if key in found or record["matched_before"]:
+                continue
+            if record["at"] >= carry_from:
+                carried += 1  # may be on tomorrow's bill: the next run pools it again
+                continue
+            new_rows.append(_discrepancy(run_id, channel, bill_date, "platform_only", None, record, now))
+        _set_states(conn, line_states)
+        if new_rows:
+            conn.execute(discrepancies.insert(), new_rows)
+        for row in conn.execute(
+            sa.select(
+                discrepancies.c["class"],
+                sa.func.count(),
+                sum_minor(sa.func.coalesce(discrepancies.c.channel_amount, discrepancies.c.platform_amount)),
+            )
+            .where(discrepancies.c.run_id == run_id)
+            .group_by(discrepancies.c["class"])
+        ):
+            counts[row[0]] = {"count": row[1], "amount": row[2] or 0}
+        conn.execute(
+            runs.update()
+            .where(runs.c.id == run_id)
+            .values(matched_count=matched_count, matched_amount=matched_amount, carried_count=carried, counts=counts)
+        )
+        return RunResult(channel, bill_date, matched_count, matched_amount, carried, counts)
+
+    return run_in_transaction(engine, work)
+
+
+def _pool(conn: Connection, channel: str, bill_date: dt.date) -> sa.Select:
+    """The ids of the lines this run considers: the day's new lines and lines carried from before."""
+    return sa.select(bill_lines.c.id).where(
+        bill_lines.c.channel == channel,
+        sa.or_(
+            sa.and_(bill_lines.c.bill_date == bill_date, bill_lines.c.state == "new"),
+            sa.and_(bill_lines.c.bill_date < bill_date, bill_lines.c.state == "carried"),
+        ),
+    )
+
+
+def _mark_duplicates(
+    conn: Connection, run_id: int, channel: str, bill_date: dt.date, pool: sa.Select, now: dt.datetime
+) -> None:
+    """A line whose (kind, number) another line already carries — in this pool or matched before — is a duplicate."""
+    first = (
+        sa.select(bill_lines.c.kind, bill_lines.c.order_ref, sa.func.min(bill_lines.c.id).label("keep"))
+        .where(bill_lines.c.channel == channel, bill_lines.c.order_ref.is_not(None))
+        .group_by(bill_lines.c.kind, bill_lines.c.order_ref)
+        .subquery()
+    )
+    extra = conn.execute(
+        sa.select(bill_lines)
+        .join(first, sa.and_(first.c.kind == bill_lines.c.kind, first.c.order_ref == bill_lines.c.order_ref))
+        .where(bill_lines.c.id.in_(pool), bill_lines.c.id != first.c.keep)
+    ).all()
+    if not extra:
+        return
+    conn.execute(
+        discrepancies.insert(),
+        [_discrepancy(run_id, channel, bill_date, "duplicate", line, None, now) for line in extra],
+    )
+    _set_states(conn, {line.id: "differs" for line in extra})
+
+
+def _platform_records(
+    conn: Connection,
+    channel: str,
+    since: dt.datetime,
+    until: dt.datetime,
+    fee_sql: sa.ColumnElement[int] | None,
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Our succeeded payments and refunds at the channel in [since, until), keyed like bill lines."""
+    a, r = payment_attempts, refunds
+    matched_before = sa.exists().where(
+        bill_lines.c.order_ref == a.c.ref, bill_lines.c.kind == "payment", bill_lines.c.state == "matched"
+    )
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in conn.execute(
+        sa.select(
+            a.c.ref,
+            a.c.amount,
+            a.c.currency,
+            a.c.state,
+            a.c.paid_at,
+            (fee_sql if fee_sql is not None else sa.null()).label("fee"),
+            matched_before.label("matched_before"),
+        ).where(a.c.channel == channel, a.c.state == "succeeded", a.c.paid_at >= since, a.c.paid_at < until)
+    ):
+        records[("payment", row.ref)] = {
+            "kind": "payment",
+            "ref": row.ref,
+            "amount": row.amount,
+            "currency": row.currency,
+            "fee": None if row.fee is None else int(row.fee),
+            "status": row.state,
+            "at": row.paid_at,
+            "matched_before": bool(row.matched_before),
+        }
+    refund_matched = sa.exists().where(
+        bill_lines.c.order_ref == r.c.ref, bill_lines.c.kind == "refund", bill_lines.c.state == "matched"
+    )
+    for row in conn.execute(
+        sa.select(
+            r.c.ref, r.c.amount, r.c.currency, r.c.state, r.c.finished_at, refund_matched.label("matched_before")
+        ).where(r.c.channel == channel, r.c.state == "succeeded", r.c.finished_at >= since, r.c.finished_at < until)
+    ):
+        records[("refund", row.ref)] = {
+            "kind": "refund",
+            "ref": row.ref,
+            "amount": row.amount,
+            "currency": row.currency,
+            "fee": None,  # channels return their fee on refunds variously: not compared
+            "status": row.state,
+            "at": row.finished_at,
+            "matched_before": bool(row.matched_before),
+        }
+    return records
+
+
+def _known_elsewhere(conn: Connection, line: Any) -> dict[str, Any] | None:
+    """Our record of a line's number when it is not among the day's succeeded records (another state or day)."""
+    if not line.order_ref:
+        return None
+    table = payment_attempts if line.kind == "payment" else refunds
+    row = conn.execute(
+        sa.select(table.c.ref, table.c.amount, table.c.currency, table.c.state).where(table.c.ref == line.order_ref)
+    ).first()
+    if row is None:
+        return None
+    return {
+        "kind": line.kind,
+        "ref": row.ref,
+        "amount": row.amount,
+        "currency": row.currency,
+        "fee": None,
+        "status": row.state,
+    }
+
+
+def _compare(line: Any, record: dict[str, Any]) -> str | None:
+    """The class of difference between a line and our record of the same number, or None when they agree."""
+    if line.status is not None and line.status.strip() not in SUCCESS_STATUSES:
+        return "status_mismatch"
+    if line.amount != record["amount"] or line.currency != record["currency"]:
+        return "amount_mismatch"
+    if record["fee"] is not None and line.fee != record["fee"]:
+        return "fee_mismatch"
+    return None
+
+
+def _discrepancy(
+    run_id: int,
+    channel: str,
+    bill_date: dt.date,
+    klass: str,
+    line: Any | None,
+    record: dict[str, Any] | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    return {
+        "ref": ids.new_id("dsc"),
+        "run_id": run_id,
+        "channel": channel,
+        "bill_date": bill_date,
+        "class": klass,
+        "kind": line.kind if line is not None else record["kind"],
+        "order_ref": line.order_ref if line is not None else record["ref"],
+        "channel_ref": line.channel_ref if line is not None else None,
+        "bill_line_id": line.id if line is not None else None,
+        "currency": line.currency if line is not None else record["currency"],
+        "channel_amount": line.amount if line is not None else None,
+        "platform_amount": record["amount"] if record is not None else None,
+        "channel_fee": line.fee if line is not None else None,
+        "platform_fee": record["fee"] if record is not None else None,
+        "channel_status": line.status if line is not None else None,
+        "platform_status": record["status"] if record is not None else None,
+        "state": "open",
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _set_states(conn: Connection, states: dict[int, str]) -> None:
+    by_state: dict[str, list[int]] = {}
+    for line_id, state in states.items():
+        by_state.setdefault(state, []).append(line_id)
+    for state, line_ids in by_state.items():
+        for chunk in _chunks(line_ids, 10_000):
+            conn.execute(bill_lines.update().where(bill_lines.c.id.in_(chunk)).values(state=state))
+
+
+def _chunks(values: list[int], size: int) -> Iterable[list[int]]:
+    for index in range(0, len(values), size):
+        yield values[index : index + size]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class DayReport:
+    """A channel's day: bills imported, lines matched and carried, discrepancies by class and by state."""
+
+    channel: str
+    bill_date: dt.date
+    bills: int
+    lines: int
+    matched_count: int
+    matched_amount: int
+    carried_count: int
+    by_class: dict[str, dict[str, int]]
+    by_state: dict[str, int]
+    reconciled: bool  # a run happened
+
+
+def report(conn: Connection, *, channel: str, bill_date: dt.date) -> DayReport:
+    """The daily report of one channel (see ``DayReport``)."""
+    bill_count, line_count = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(bills.c.line_count), 0)).where(
+            bills.c.channel == channel, bills.c.bill_date == bill_date
+        )
+    ).one()
+    run_row = conn.execute(sa.select(runs).where(runs.c.channel == channel, runs.c.bill_date == bill_date)).first()
+    by_state = dict(
+        conn.execute(
+            sa.select(discrepancies.c.state, sa.func.count())
+            .where(discrepancies.c.channel == channel, discrepancies.c.bill_date == bill_date)
+            .group_by(discrepancies.c.state)
+        ).all()
+    )
+    return DayReport(
+        channel=channel,
+        bill_date=bill_date,
+        bills=bill_count,
+        lines=int(line_count),
+        matched_count=run_row.matched_count if run_row else 0,
+        matched_amount=run_row.matched_amount if run_row else 0,
+        carried_count=run_row.carried_count if run_row else 0,
+        by_class=dict(run_row.counts) if run_row else {},
+        by_state=by_state,
+        reconciled=run_row is not None,
+    )
+
+
+def list_discrepancies(
+    conn: Connection,
+    *,
+    channel: str | None = None,
+    bill_date: dt.date | None = None,
+    state: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Discrepancies, oldest first, filtered."""
+    query = sa.select(discrepancies).order_by(discrepancies.c.id).limit(limit)
+    if channel is not None:
+        query = query.where(discrepancies.c.channel == channel)
+    if bill_date is not None:
+        query = query.where(discrepancies.c.bill_date == bill_date)
+    if state is not None:
+        query = query.where(discrepancies.c.state == state)
+    return [discrepancy_view(row) for row in conn.execute(query)]
+
+
+def get_discrepancy(conn: Connection, *, ref: str) -> dict[str, Any]:
+    row = conn.execute(sa.select(discrepancies).where(discrepancies.c.ref == ref)).first()
+    if row is None:
+        raise errors.DiscrepancyNotFound(f"no discrepancy {ref!r}", field="ref")
+    return discrepancy_view(row)
+
+
+def discrepancy_view(row: Any) -> dict[str, Any]:
+    """A discrepancy as the API and ``--json`` show it (amounts in minor units)."""
+    names = (
+        "ref", "channel", "bill_date", "class", "kind", "order_ref", "channel_ref", "currency", "channel_amount",
+        "platform_amount", "channel_fee", "platform_fee", "channel_status", "platform_status", "state", "assignee",
+        "action", "reason", "resolved_by", "approved_by", "entry_ref", "created_at", "updated_at",
+    )  # fmt: skip
+    return {name: row._mapping[name] for name in names}

@@ -1,0 +1,180 @@
+"""Reconciliation of a full day with WeChat Pay, end to end, on SQLite and PostgreSQL.
+
+Payments go through the cashier and the simulator; the simulator's bill for the
+day is made to disagree in every class; ``recon run`` must find exactly those
+discrepancies, resolve the safe ones by asking the channel, and the rest
+resolve through the workflow with ledger entries the books accept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from zhangfang.accounting import reports
+from zhangfang.accounting import sync as accounting_sync
+from zhangfang.db.uow import run_in_transaction
+from zhangfang.errors import ZhangfangError
+from zhangfang.ledger import service as ledger
+from zhangfang.payments import flows
+from zhangfang.recon import service, workflow
+from zhangfang.recon.tables import actions
+from zhangfang.sandbox.wechatpay import BILL_ALL_HEADER
+
+CHANNEL = "wechatpay"
+
+
+def today() -> dt.date:
+    return dt.datetime.now(ZoneInfo("Asia/Shanghai")).date()
+
+
+def paid_attempt(payments, order: dict) -> str:
+    """The attempt (our number at the channel) that paid ``order``."""
+    payments.wait_for(lambda: payments.order(order["id"])["state"] == "succeeded")
+    with payments.engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT attempt_ref FROM payment_orders WHERE ref = :ref"), {"ref": order["id"]}
+        ).scalar_one()
+
+
+def write_bill(sandbox, day: dt.date, rows: list[dict[str, str]], path: Path, monkeypatch) -> Path:
+    """The simulator's own bill file for ``rows`` (its summary recomputed by the simulator itself)."""
+    simulator = sandbox.wechatpay
+    monkeypatch.setattr(
+        simulator, "_bill_detail", lambda mchid, bill_date: [[row[name] for name in BILL_ALL_HEADER] for row in rows]
+    )
+    path.write_text(simulator.bill_text(day), encoding="utf-8")
+    monkeypatch.undo()
+    return path
+
+
+def test_a_day_that_disagrees_in_every_class(payments, sandbox, tmp_path, monkeypatch):
+    shop = payments.merchant("recon-shop")
+    orders = {name: payments.create_order(shop, f"recon-{name}", amount=10_000) for name in "ABCDEF"}
+    for name in "ABCDE":
+        payments.pay(orders[name], "wechatpay")
+    refs = {name: paid_attempt(payments, orders[name]) for name in "ABCDE"}
+    # F: the payer pays, but the channel's notify never reaches us (held far longer than the test)
+    sandbox.wechatpay.delay_notify(3_600)
+    payments.pay(orders["F"], "wechatpay")
+    with payments.engine.connect() as conn:
+        refs["F"] = conn.execute(
+            sa.text("SELECT ref FROM payment_attempts WHERE order_id = (SELECT id FROM payment_orders WHERE ref = :r)"),
+            {"r": orders["F"]["id"]},
+        ).scalar_one()
+    sandbox.wechatpay.delay_notify(0)
+    assert payments.order(orders["F"]["id"])["state"] == "pending"
+
+    day = today()
+    rows = {row["商户订单号"]: row for row in sandbox.wechatpay.bill_rows(day)}
+    assert set(rows) >= {refs[name] for name in "ABCDEF"}
+    bill = [rows[refs["A"]], rows[refs["F"]]]
+    bill.append({**rows[refs["B"]], "应结订单金额": "99.00", "订单金额": "99.00"})  # amount mismatch (short 1.00)
+    bill.append({**rows[refs["D"]], "手续费": "0.99"})  # fee mismatch
+    bill.append({**rows[refs["E"]], "交易状态": "PAYERROR"})  # status mismatch
+    bill.append(dict(rows[refs["A"]]))  # duplicate of A
+    stranger = {**rows[refs["A"]], "商户订单号": "pat_UNKNOWNUNKNOWNUNKNOWN000", "微信订单号": "4200000000000000000001"}
+    bill.append(stranger)  # channel-only, no order of ours (长款)
+    # C is on no line: platform-only (短款); the channel's query still says paid
+    path = write_bill(sandbox, day, bill, tmp_path / "wechat.csv", monkeypatch)
+
+    imported = service.import_bill(payments.engine, channel=CHANNEL, bill_date=day, path=path, fmt="wechat")
+    assert (imported.line_count, imported.rejected) == (7, ())
+    again = service.import_bill(payments.engine, channel=CHANNEL, bill_date=day, path=path, fmt="wechat")
+    assert again.replayed and again.ref == imported.ref
+
+    result = service.run(payments.engine, channel=CHANNEL, bill_date=day, registry=payments.registry, carry_seconds=0)
+
+    assert (result.matched_count, result.carried_count) == (1, 0)
+    found = run_in_transaction(
+        payments.engine, lambda conn: service.list_discrepancies(conn, channel=CHANNEL, bill_date=day), readonly=True
+    )
+    by_order = {(item["class"], item["order_ref"]) for item in found}
+    assert by_order == {
+        ("channel_only", refs["F"]),
+        ("channel_only", stranger["商户订单号"]),
+        ("platform_only", refs["C"]),
+        ("amount_mismatch", refs["B"]),
+        ("fee_mismatch", refs["D"]),
+        ("status_mismatch", refs["E"]),
+        ("duplicate", refs["A"]),
+    }
+    with pytest.raises(ZhangfangError) as twice:
+        service.run(payments.engine, channel=CHANNEL, bill_date=day)
+    assert twice.value.code == "recon_run_exists"
+
+    # the safe ones: F is supplemented (补单) through the normal path, C confirmed by the channel's query
+    flows.install_settings(payments.settings)
+    assert workflow.auto_resolve(payments.engine, channel=CHANNEL, bill_date=day) == 2
+    assert payments.order(orders["F"]["id"])["state"] == "succeeded"
+    states = {
+        item["order_ref"]: (item["state"], item["action"])
+        for item in run_in_transaction(
+            payments.engine, lambda conn: service.list_discrepancies(conn, channel=CHANNEL), readonly=True
+        )
+    }
+    assert states[refs["F"]] == ("auto_resolved", "supplemented")
+    assert states[refs["C"]] == ("auto_resolved", "confirmed_by_query")
+
+    by_class = {item["class"]: item["ref"] for item in found}
+    engine = payments.engine
+
+    def step(fn, **kwargs):
+        return run_in_transaction(engine, lambda conn: fn(conn, **kwargs))
+
+    # the channel paid us 1.00 less for B than we booked: a write-off, approved by a second person
+    step(workflow.assign, ref=by_class["amount_mismatch"], assignee="chen.yunying", actor="li.zhuguan")
+    assert (
+        workflow.resolve(
+            engine, ref=by_class["amount_mismatch"], action="write_off", reason="渠道少结 short", actor="chen.yunying"
+        )
+        == "pending_approval"
+    )
+    with pytest.raises(ZhangfangError) as same_person:
+        step(workflow.approve, ref=by_class["amount_mismatch"], actor="chen.yunying")
+    assert same_person.value.code == "approver_must_differ"
+    write_off = step(workflow.approve, ref=by_class["amount_mismatch"], actor="li.zhuguan")
+    # the unknown credit on the bill: booked as non-operating income, approved
+    stranger_ref = next(item["ref"] for item in found if item["order_ref"] == stranger["商户订单号"])
+    workflow.resolve(engine, ref=stranger_ref, action="book_overage", reason="无主长款", actor="chen.yunying")
+    overage = step(workflow.approve, ref=stranger_ref, actor="li.zhuguan")
+    # a refused action changes nothing
+    with pytest.raises(ZhangfangError) as wrong_way:
+        workflow.resolve(engine, ref=by_class["fee_mismatch"], action="book_overage", reason="x", actor="chen.yunying")
+    assert wrong_way.value.code == "resolution_action_invalid"
+    for klass in ("fee_mismatch", "status_mismatch", "duplicate"):
+        assert workflow.resolve(
+            engine, ref=by_class[klass], action="no_action", reason="核实无误", actor="chen.yunying"
+        ) == ("resolved")
+
+    report = run_in_transaction(
+        engine, lambda conn: service.report(conn, channel=CHANNEL, bill_date=day), readonly=True
+    )
+    assert report.by_state == {"auto_resolved": 2, "resolved": 5}
+    entries = {
+        ref: run_in_transaction(engine, lambda conn, ref=ref: ledger.get_entry(conn, ref=ref), readonly=True)
+        for ref in (write_off, overage)
+    }
+    assert {entry.business_code for entry in entries.values()} == {"recon_adjustment"}
+    assert sorted(posting.amount for entry in entries.values() for posting in entry.postings) == [
+        100,
+        100,
+        10_000,
+        10_000,
+    ]
+    with engine.connect() as conn:
+        audit = conn.execute(sa.select(sa.func.count()).select_from(actions)).scalar_one()
+    assert audit == 2 + 1 + 2 + 2 + 3  # auto ×2, assign, resolve+approve ×2, no_action ×3
+
+    # the books take the adjustments: the day closes, accounting books it, the trial balance balances
+    ledger.close_day(engine, accounting_date=run_in_transaction(engine, ledger.open_date), wait_seconds_max=10)
+    booked = accounting_sync.sync(engine)
+    assert booked.exception_count == 0
+    trial = run_in_transaction(engine, lambda conn: reports.trial_balance(conn, date=day), readonly=True)
+    assert trial.balanced
+    losses = {row.subject.code: row.balance for row in trial.rows}
+    assert losses["671101"] == 100 and losses["6301"] == 10_000
