@@ -178,3 +178,37 @@ def test_a_day_that_disagrees_in_every_class(payments, sandbox, tmp_path, monkey
     assert trial.balanced
     losses = {row.subject.code: row.balance for row in trial.rows}
     assert losses["671101"] == 100 and losses["6301"] == 10_000
+
+
+def test_items_of_the_neighbouring_day_are_carried_and_matched_the_next_day(payments, sandbox, tmp_path, monkeypatch):
+    """跨日: one payment we booked at 23:50 that the channel bills the next day, and one the channel
+    billed at 23:55 that we booked at 00:05 — both carried once, both matched the next day."""
+    shop = payments.merchant("recon-crossday")
+    orders = [payments.create_order(shop, f"cross-{n}", amount=5_000) for n in range(2)]
+    for order in orders:
+        payments.pay(order, "wechatpay")
+    ours_late, theirs_late = (paid_attempt(payments, order) for order in orders)
+    day = today() - dt.timedelta(days=1)
+    shanghai = ZoneInfo("Asia/Shanghai")
+    late_evening = dt.datetime.combine(day, dt.time(23, 50), shanghai).astimezone(dt.UTC)
+    just_after = dt.datetime.combine(today(), dt.time(0, 5), shanghai).astimezone(dt.UTC)
+    with payments.engine.begin() as conn:
+        for ref, paid_at in ((ours_late, late_evening), (theirs_late, just_after)):
+            conn.execute(
+                sa.text("UPDATE payment_attempts SET paid_at = :at WHERE ref = :ref"), {"at": paid_at, "ref": ref}
+            )
+    rows = {row["商户订单号"]: row for row in sandbox.wechatpay.bill_rows(today())}
+    yesterday_bill = [{**rows[theirs_late], "交易时间": f"{day:%Y-%m-%d} 23:55:00"}]
+    today_bill = [{**rows[ours_late], "交易时间": f"{today():%Y-%m-%d} 00:01:00"}]
+
+    def import_and_run(bill_day: dt.date, bill: list[dict[str, str]]) -> service.RunResult:
+        path = write_bill(sandbox, bill_day, bill, tmp_path / f"{bill_day}.csv", monkeypatch)
+        service.import_bill(payments.engine, channel=CHANNEL, bill_date=bill_day, path=path, fmt="wechat")
+        return service.run(payments.engine, channel=CHANNEL, bill_date=bill_day, registry=payments.registry)
+
+    first = import_and_run(day, yesterday_bill)
+    assert (first.matched_count, first.carried_count, first.counts) == (0, 2, {})
+
+    second = import_and_run(today(), today_bill)
+    assert (second.matched_count, second.counts) == (2, {})
+    assert second.matched_amount == 10_000

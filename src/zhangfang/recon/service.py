@@ -226,7 +226,7 @@ def expected_fee(registry: ChannelRegistry | None, channel: str) -> sa.ColumnEle
         scale = 10 ** max(0, -int(exponent))
         if exponent > 0:
             numerator *= 10**exponent
-        cost = route.cost_fixed_minor + (a.c.amount * (2 * numerator) + scale) / (2 * scale)
+        cost = route.cost_fixed_minor + (a.c.amount * (2 * numerator) + scale) // (2 * scale)
         cases.append(
             (
                 sa.and_(
@@ -272,47 +272,54 @@ def run(
             )
             .returning(runs.c.id)
         ).scalar_one()
-        pool = _pool(conn, channel, bill_date)
-        _mark_duplicates(conn, run_id, channel, bill_date, pool, now)
-        platform = _platform_records(conn, channel, start - dt.timedelta(seconds=carry_seconds), end, fee_sql)
-        matched_count = matched_amount = carried = 0
-        counts: dict[str, dict[str, int]] = {}
-        found: set[tuple[str, str]] = set()
+        in_pool = _pool(channel, bill_date)
+        _mark_duplicates(conn, run_id, channel, bill_date, in_pool, now)
+        since = start - dt.timedelta(seconds=carry_seconds)
+        sides = {
+            "payment": _payment_records(channel, since, end, fee_sql),
+            "refund": _refund_records(channel, since, end),
+        }
+        for kind, records in sides.items():
+            _match_in_bulk(conn, run_id, kind, records, in_pool)
+        carried = 0
         new_rows: list[dict[str, Any]] = []
         line_states: dict[int, str] = {}
-        for line in conn.execute(
-            sa.select(bill_lines).where(bill_lines.c.id.in_(pool), bill_lines.c.state.in_(("new", "carried")))
-        ):
-            key = (line.kind, line.order_ref or "")
-            record = platform.get(key)
+        # What is left of the pool differs from our records (few lines, read as a stream).
+        for line in conn.execute(sa.select(bill_lines).where(in_pool).execution_options(yield_per=1000)):
+            record = _record_for(conn, sides[line.kind], line) if line.kind in sides else None
             if record is None:
-                known = _known_elsewhere(conn, line)
-                if known is None and line.occurred_at is not None and line.occurred_at >= carry_from:
+                if line.occurred_at is not None and line.occurred_at >= carry_from:
+                    # 跨日: our record may be dated the next day (a late notify); that run pools this line again
                     line_states[line.id] = "carried"
                     carried += 1
                     continue
+                known = _known_elsewhere(conn, line)
                 new_rows.append(_discrepancy(run_id, channel, bill_date, "channel_only", line, known, now))
-                line_states[line.id] = "differs"
-                continue
-            found.add(key)
-            klass = _compare(line, record)
-            if klass is None:
-                line_states[line.id] = "matched"
-                matched_count += 1
-                matched_amount += line.amount
-                continue
-            new_rows.append(_discrepancy(run_id, channel, bill_date, klass, line, record, now))
+            else:
+                klass = _compare(line, record)
+                if klass is None:  # agrees after all (the bulk match is stricter on nothing; kept for safety)
+                    conn.execute(
+                        bill_lines.update().where(bill_lines.c.id == line.id).values(state="matched", run_id=run_id)
+                    )
+                    continue
+                new_rows.append(_discrepancy(run_id, channel, bill_date, klass, line, record, now))
             line_states[line.id] = "differs"
-        for key, record in platform.items():
-            if key in found or record["matched_before"]:
-                continue
-            if record["at"] >= carry_from:
-                carried += 1  # may be on tomorrow's bill: the next run pools it again
-                continue
-            new_rows.append(_discrepancy(run_id, channel, bill_date, "platform_only", None, record, now))
+        # Our records no line of the bill carries.
+        for kind, records in sides.items():
+            for record in conn.execute(_unlined(kind, records, channel)).mappings():
+                if record["at"] >= carry_from:
+                    carried += 1  # may be on tomorrow's bill: the next run pools it again
+                    continue
+                new_rows.append(_discrepancy(run_id, channel, bill_date, "platform_only", None, dict(record), now))
         _set_states(conn, line_states)
         if new_rows:
             conn.execute(discrepancies.insert(), new_rows)
+        matched_count, matched_amount = conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sum_minor(bill_lines.c.amount), 0)).where(
+                bill_lines.c.run_id == run_id, bill_lines.c.state == "matched"
+            )
+        ).one()
+        counts: dict[str, dict[str, int]] = {}
         for row in conn.execute(
             sa.select(
                 discrepancies.c["class"],
@@ -333,9 +340,9 @@ def run(
     return run_in_transaction(engine, work)
 
 
-def _pool(conn: Connection, channel: str, bill_date: dt.date) -> sa.Select:
-    """The ids of the lines this run considers: the day's new lines and lines carried from before."""
-    return sa.select(bill_lines.c.id).where(
+def _pool(channel: str, bill_date: dt.date) -> sa.ColumnElement[bool]:
+    """The lines this run considers: the day's new lines and lines carried from before, not yet decided."""
+    return sa.and_(
         bill_lines.c.channel == channel,
         sa.or_(
             sa.and_(bill_lines.c.bill_date == bill_date, bill_lines.c.state == "new"),
@@ -345,19 +352,26 @@ def _pool(conn: Connection, channel: str, bill_date: dt.date) -> sa.Select:
 
 
 def _mark_duplicates(
-    conn: Connection, run_id: int, channel: str, bill_date: dt.date, pool: sa.Select, now: dt.datetime
+    conn: Connection, run_id: int, channel: str, bill_date: dt.date, in_pool: sa.ColumnElement[bool], now: dt.datetime
 ) -> None:
-    """A line whose (kind, number) another line already carries — in this pool or matched before — is a duplicate."""
-    first = (
-        sa.select(bill_lines.c.kind, bill_lines.c.order_ref, sa.func.min(bill_lines.c.id).label("keep"))
-        .where(bill_lines.c.channel == channel, bill_lines.c.order_ref.is_not(None))
-        .group_by(bill_lines.c.kind, bill_lines.c.order_ref)
-        .subquery()
-    )
+    """A line whose (kind, number) an earlier line carries — in this pool or matched before — is a duplicate."""
+    earlier = bill_lines.alias("earlier")
     extra = conn.execute(
-        sa.select(bill_lines)
-        .join(first, sa.and_(first.c.kind == bill_lines.c.kind, first.c.order_ref == bill_lines.c.order_ref))
-        .where(bill_lines.c.id.in_(pool), bill_lines.c.id != first.c.keep)
+        sa.select(bill_lines).where(
+            in_pool,
+            bill_lines.c.order_ref.is_not(None),
+            sa.exists().where(
+                earlier.c.order_ref == bill_lines.c.order_ref,
+                earlier.c.kind == bill_lines.c.kind,
+                earlier.c.channel == channel,
+                earlier.c.id < bill_lines.c.id,
+                sa.or_(
+                    earlier.c.state == "matched",
+                    sa.and_(earlier.c.bill_date == bill_date, earlier.c.state == "new"),
+                    sa.and_(earlier.c.bill_date < bill_date, earlier.c.state == "carried"),
+                ),
+            ),
+        )
     ).all()
     if not extra:
         return
@@ -368,59 +382,73 @@ def _mark_duplicates(
     _set_states(conn, {line.id: "differs" for line in extra})
 
 
-def _platform_records(
-    conn: Connection,
-    channel: str,
-    since: dt.datetime,
-    until: dt.datetime,
-    fee_sql: sa.ColumnElement[int] | None,
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """Our succeeded payments and refunds at the channel in [since, until), keyed like bill lines."""
-    a, r = payment_attempts, refunds
-    matched_before = sa.exists().where(
-        bill_lines.c.order_ref == a.c.ref, bill_lines.c.kind == "payment", bill_lines.c.state == "matched"
+def _payment_records(
+    channel: str, since: dt.datetime, until: dt.datetime, fee_sql: sa.ColumnElement[int] | None
+) -> sa.Select:
+    """Our succeeded payment attempts at the channel in [since, until), shaped like bill lines."""
+    a = payment_attempts
+    return sa.select(
+        sa.literal("payment").label("kind"),
+        a.c.ref,
+        a.c.amount,
+        a.c.currency,
+        (fee_sql if fee_sql is not None else sa.cast(sa.null(), sa.BigInteger)).label("fee"),
+        a.c.state.label("status"),
+        a.c.paid_at.label("at"),
+    ).where(a.c.channel == channel, a.c.state == "succeeded", a.c.paid_at >= since, a.c.paid_at < until)
+
+
+def _refund_records(channel: str, since: dt.datetime, until: dt.datetime) -> sa.Select:
+    """Our succeeded refunds at the channel in [since, until); refund fees are not compared (channels differ)."""
+    r = refunds
+    return sa.select(
+        sa.literal("refund").label("kind"),
+        r.c.ref,
+        r.c.amount,
+        r.c.currency,
+        sa.cast(sa.null(), sa.BigInteger).label("fee"),
+        r.c.state.label("status"),
+        r.c.finished_at.label("at"),
+    ).where(r.c.channel == channel, r.c.state == "succeeded", r.c.finished_at >= since, r.c.finished_at < until)
+
+
+def _match_in_bulk(
+    conn: Connection, run_id: int, kind: str, records: sa.Select, in_pool: sa.ColumnElement[bool]
+) -> None:
+    """Mark matched, in one UPDATE, every pooled line that agrees with our record of its number."""
+    record = records.subquery("record")
+    agreeing = (
+        sa.select(bill_lines.c.id)
+        .join(record, record.c.ref == bill_lines.c.order_ref)
+        .where(
+            in_pool,
+            bill_lines.c.kind == kind,
+            bill_lines.c.amount == record.c.amount,
+            bill_lines.c.currency == record.c.currency,
+            sa.or_(bill_lines.c.status.is_(None), bill_lines.c.status.in_(SUCCESS_STATUSES)),
+            sa.or_(record.c.fee.is_(None), bill_lines.c.fee == record.c.fee),
+        )
     )
-    records: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in conn.execute(
-        sa.select(
-            a.c.ref,
-            a.c.amount,
-            a.c.currency,
-            a.c.state,
-            a.c.paid_at,
-            (fee_sql if fee_sql is not None else sa.null()).label("fee"),
-            matched_before.label("matched_before"),
-        ).where(a.c.channel == channel, a.c.state == "succeeded", a.c.paid_at >= since, a.c.paid_at < until)
-    ):
-        records[("payment", row.ref)] = {
-            "kind": "payment",
-            "ref": row.ref,
-            "amount": row.amount,
-            "currency": row.currency,
-            "fee": None if row.fee is None else int(row.fee),
-            "status": row.state,
-            "at": row.paid_at,
-            "matched_before": bool(row.matched_before),
-        }
-    refund_matched = sa.exists().where(
-        bill_lines.c.order_ref == r.c.ref, bill_lines.c.kind == "refund", bill_lines.c.state == "matched"
+    conn.execute(bill_lines.update().where(bill_lines.c.id.in_(agreeing)).values(state="matched", run_id=run_id))
+
+
+def _record_for(conn: Connection, records: sa.Select, line: Any) -> dict[str, Any] | None:
+    """Our record of the day with a line's number, when there is one."""
+    if not line.order_ref:
+        return None
+    record = records.subquery("record")
+    found = conn.execute(sa.select(record).where(record.c.ref == line.order_ref)).mappings().first()
+    return dict(found) if found is not None else None
+
+
+def _unlined(kind: str, records: sa.Select, channel: str) -> sa.Select:
+    """Our records of the day that no line of the channel's bills carries."""
+    record = records.subquery("record")
+    return sa.select(record).where(
+        ~sa.exists().where(
+            bill_lines.c.order_ref == record.c.ref, bill_lines.c.kind == kind, bill_lines.c.channel == channel
+        )
     )
-    for row in conn.execute(
-        sa.select(
-            r.c.ref, r.c.amount, r.c.currency, r.c.state, r.c.finished_at, refund_matched.label("matched_before")
-        ).where(r.c.channel == channel, r.c.state == "succeeded", r.c.finished_at >= since, r.c.finished_at < until)
-    ):
-        records[("refund", row.ref)] = {
-            "kind": "refund",
-            "ref": row.ref,
-            "amount": row.amount,
-            "currency": row.currency,
-            "fee": None,  # channels return their fee on refunds variously: not compared
-            "status": row.state,
-            "at": row.finished_at,
-            "matched_before": bool(row.matched_before),
-        }
-    return records
 
 
 def _known_elsewhere(conn: Connection, line: Any) -> dict[str, Any] | None:

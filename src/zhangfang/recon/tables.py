@@ -65,11 +65,13 @@ bill_lines = sa.Table(
     sa.Column("status", sa.String(32), nullable=True),
     sa.Column("occurred_at", UtcDateTime, nullable=True),
     sa.Column("state", sa.String(10), nullable=False, comment="new | matched | carried | differs"),
+    sa.Column("run_id", BigId, nullable=True, comment="the run that matched it (recon_runs.id)"),
     sa.CheckConstraint("amount > 0 AND fee >= 0", name="amounts_valid"),
     sa.CheckConstraint("kind IN ('payment', 'refund', 'credit', 'debit')", name="kind_valid"),
     sa.CheckConstraint("state IN ('new', 'matched', 'carried', 'differs')", name="state_valid"),
     sa.Index("ix_recon_bill_lines_channel_date", "channel", "bill_date"),
     sa.Index("ix_recon_bill_lines_order_ref", "order_ref"),
+    sa.Index("ix_recon_bill_lines_run", "run_id"),
 )
 
 runs = sa.Table(

@@ -2,7 +2,7 @@
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-11-30 06:40:24.677832
+Create Date: 2026-11-30 06:58:17.495779
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=32), nullable=True),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("state", sa.String(length=10), nullable=False, comment="new | matched | carried | differs"),
+        sa.Column("run_id", BigId, nullable=True, comment="the run that matched it (recon_runs.id)"),
         sa.CheckConstraint(
             "kind IN ('payment', 'refund', 'credit', 'debit')", name=op.f("ck_recon_bill_lines_kind_valid")
         ),
@@ -91,6 +92,7 @@ def upgrade() -> None:
     with op.batch_alter_table("recon_bill_lines", schema=None) as batch_op:
         batch_op.create_index("ix_recon_bill_lines_channel_date", ["channel", "bill_date"], unique=False)
         batch_op.create_index("ix_recon_bill_lines_order_ref", ["order_ref"], unique=False)
+        batch_op.create_index("ix_recon_bill_lines_run", ["run_id"], unique=False)
 
     op.create_table(
         "recon_discrepancies",
@@ -181,6 +183,7 @@ def downgrade() -> None:
 
     op.drop_table("recon_discrepancies")
     with op.batch_alter_table("recon_bill_lines", schema=None) as batch_op:
+        batch_op.drop_index("ix_recon_bill_lines_run")
         batch_op.drop_index("ix_recon_bill_lines_order_ref")
         batch_op.drop_index("ix_recon_bill_lines_channel_date")
 
