@@ -97,6 +97,8 @@ payment_orders = sa.Table(
         name="closed_has_reason",
     ),
     sa.Index("ix_payment_orders_merchant_id_id", "merchant_id", "id"),
+    # What settlement reads: the orders paid in a range of days, every merchant at once.
+    sa.Index("ix_payment_orders_paid_at", "paid_at"),
     # What the expiry sweep reads: pending orders not yet handed to an expiry job, by expiry.
     sa.Index(
         "ix_payment_orders_due_expiry",
@@ -135,6 +137,8 @@ payment_attempts = sa.Table(
         "state != 'succeeded' OR (paid_at IS NOT NULL AND entry_ref IS NOT NULL)", name="succeeded_is_booked"
     ),
     sa.Index("ix_payment_attempts_order_id", "order_id"),
+    # What reconciliation reads: a channel's payments of a day.
+    sa.Index("ix_payment_attempts_channel_paid_at", "channel", "paid_at"),
 )
 
 refunds = sa.Table(
@@ -171,6 +175,10 @@ refunds = sa.Table(
     sa.CheckConstraint("state = 'processing' OR finished_at IS NOT NULL", name="finished_has_time"),
     sa.CheckConstraint("state != 'succeeded' OR entry_ref IS NOT NULL", name="succeeded_is_booked"),
     sa.Index("ix_refunds_order_id", "order_id"),
+    # What settlement reads: the refunds finished in a range of days.
+    sa.Index("ix_refunds_finished_at", "finished_at"),
+    # What reconciliation reads: a channel's refunds of a day.
+    sa.Index("ix_refunds_channel_finished_at", "channel", "finished_at"),
 )
 
 payouts = sa.Table(
