@@ -375,3 +375,31 @@ def _causes(
             for row in not_from_ledger
         ),
     )
+
+
+def subject_balance(
+    conn: Connection, *, subject_code: str, date: dt.date, currency: str, aux: str | None = None
+) -> int:
+    """The books' balance of a subject (and its children) at the end of ``date``, debit positive.
+
+    ``aux`` narrows it to one auxiliary value (a bank account's key, a merchant). Posted vouchers
+    only. What 账实核对 compares with the outside world's figure (a bank statement's balance).
+    """
+    chart = load_subjects(conn)
+    if subject_code not in chart:
+        raise errors.SubjectNotFound(f"no subject {subject_code!r} in the chart", field="subject")
+    family = [code for code in chart if subject_code in ancestors(chart, code)]
+    line, v = voucher_lines, vouchers
+    query = (
+        sa.select(sa.func.coalesce(sum_minor(line.c.debit - line.c.credit), 0))
+        .select_from(line.join(v, v.c.id == line.c.voucher_id))
+        .where(
+            v.c.state == "posted",
+            v.c.voucher_date <= date,
+            v.c.currency == currency,
+            line.c.subject_code.in_(family),
+        )
+    )
+    if aux is not None:
+        query = query.where(line.c.aux == aux)
+    return conn.execute(query).scalar_one()

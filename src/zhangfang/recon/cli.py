@@ -10,6 +10,7 @@
     zhangfang recon assign REF --to PERSON --actor YOU
     zhangfang recon resolve REF --action no_action|supplement|write_off|book_overage --reason … --actor YOU
     zhangfang recon approve REF --actor SOMEONE_ELSE
+    zhangfang recon bank-check STATEMENT --date D --format mt940|camt053 [--account bank:icbc:custody]
 
 Translation only (see ``zhangfang.cli``); refusals exit 2 with ``error: <code>: <message>``.
 """
@@ -286,3 +287,35 @@ def history_command(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> 
         return
     for step in steps:
         console().print(f"{step['at']:%Y-%m-%d %H:%M:%S} {step['actor']} {step['action']} {step['detail'] or ''}")
+
+
+@app.command("bank-check")
+def bank_check_command(
+    ctx: typer.Context,
+    statement: Path,
+    date: DateOption,
+    fmt: Annotated[str, typer.Option("--format", help="mt940 | camt053")],
+    subject: Annotated[str, typer.Option(help="The bank subject in the books.")] = "100202",
+    account: Annotated[str | None, typer.Option(help="The bank account's ledger key, e.g. bank:icbc:custody.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """账实核对: the books' balance of a bank account against the bank statement; exit 1 on a difference."""
+    day = parse_date(date, "date")
+    check = run_in_transaction(
+        get_state(ctx).engine,
+        lambda conn: service.bank_balance_check(
+            conn, statement=statement, fmt=fmt, date=day, subject_code=subject, aux=account
+        ),
+        readonly=True,
+    )
+    if as_json:
+        print_json({**vars(check), "difference": check.difference, "agrees": check.agrees})
+    else:
+        console().print(
+            f"{check.date} {check.subject_code} {check.aux or ''} {check.currency}: "
+            f"books {money.format_minor(check.books_balance, check.currency)}, "
+            f"statement {money.format_minor(check.statement_balance, check.currency)}, "
+            + ("agree" if check.agrees else f"differ by {money.format_minor(check.difference, check.currency)}")
+        )
+    if not check.agrees:
+        raise typer.Exit(1)

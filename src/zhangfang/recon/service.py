@@ -42,6 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from zhangfang import ids
+from zhangfang.accounting import reports as books
 from zhangfang.channels.registry import ChannelRegistry
 from zhangfang.db.sql import sum_minor
 from zhangfang.db.uow import run_in_transaction
@@ -651,3 +652,57 @@ def discrepancy_view(row: Any) -> dict[str, Any]:
         "action", "reason", "resolved_by", "approved_by", "entry_ref", "created_at", "updated_at",
     )  # fmt: skip
     return {name: row._mapping[name] for name in names}
+
+
+# --------------------------------------------------------------------------- 账实核对
+
+
+@dataclass(frozen=True)
+class BankBalanceCheck:
+    """账实核对: the books' balance of a bank account against the bank's own statement."""
+
+    date: dt.date
+    currency: str
+    subject_code: str
+    aux: str | None
+    statement_balance: int  # the statement's closing balance, signed (credit to us positive)
+    books_balance: int  # debit positive: money at the bank is a debit balance of the asset subject
+
+    @property
+    def difference(self) -> int:
+        return self.books_balance - self.statement_balance
+
+    @property
+    def agrees(self) -> bool:
+        return self.difference == 0
+
+
+def bank_balance_check(
+    conn: Connection,
+    *,
+    statement: Path,
+    fmt: str,
+    date: dt.date,
+    subject_code: str = "100202",
+    aux: str | None = None,
+) -> BankBalanceCheck:
+    """Compare the books (accounting) with a bank statement's closing balance (MT940 or camt.053).
+
+    The statement must read without a malformed line and carry a closing balance in
+    exactly one currency (``recon_file_invalid`` otherwise); ``aux`` names the bank
+    account in the books (its ledger key, e.g. ``bank:icbc:custody``), else the whole subject.
+    """
+    if fmt not in ("mt940", "camt053"):
+        raise errors.ReconFormatInvalid("a bank balance comes from an mt940 or camt053 statement", field="format")
+    reader = iter_statement(statement, fmt)
+    problems = [item for item in reader if isinstance(item, LineError)]
+    balances = {code: totals.closing_balance for code, totals in reader.totals.currencies.items()}
+    balances = {code: value for code, value in balances.items() if value is not None}
+    if problems or len(balances) != 1:
+        reason = problems[0].reason if problems else f"closing balances in {len(balances)} currencies, not one"
+        raise errors.ReconFileInvalid(
+            f"{statement.name}: cannot give one closing balance ({reason})", field="statement"
+        )
+    [(currency, closing)] = balances.items()
+    books_balance = books.subject_balance(conn, subject_code=subject_code, date=date, currency=currency, aux=aux)
+    return BankBalanceCheck(date, currency, subject_code, aux, closing, books_balance)
