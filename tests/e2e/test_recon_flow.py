@@ -212,3 +212,40 @@ def test_items_of_the_neighbouring_day_are_carried_and_matched_the_next_day(paym
     second = import_and_run(today(), today_bill)
     assert (second.matched_count, second.counts) == (2, {})
     assert second.matched_amount == 10_000
+
+
+def test_the_console_works_a_day_over_http(payments, sandbox, tmp_path, monkeypatch):
+    shop = payments.merchant("recon-http")
+    order = payments.create_order(shop, "http-1", amount=8_000)
+    payments.pay(order, "wechatpay")
+    ref = paid_attempt(payments, order)
+    day = today()
+    row = {r["商户订单号"]: r for r in sandbox.wechatpay.bill_rows(day)}[ref]
+    more = {**row, "应结订单金额": "81.00", "订单金额": "81.00"}  # the channel settled 1.00 more than we booked
+    path = write_bill(sandbox, day, [more], tmp_path / "b.csv", monkeypatch)
+    admin, params = payments.admin, {"channel": CHANNEL, "bill_date": day.isoformat()}
+
+    imported = admin.post("/v1/recon/bills", params={**params, "format": "wechat"}, content=path.read_bytes())
+    assert imported.status_code == 200, imported.text
+    assert imported.json()["lines"] == 1
+    bad = admin.post("/v1/recon/bills", params={**params, "format": "wechat"}, content=b"not a bill")
+    assert (bad.status_code, bad.json()["error"]["code"]) == (422, "recon_file_invalid")
+
+    ran = admin.post("/v1/recon/runs", params=params)
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["counts"] == {"amount_mismatch": {"count": 1, "amount": 8_100}}
+    again = admin.post("/v1/recon/runs", params=params)
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "recon_run_exists")
+
+    [found] = admin.get("/v1/recon/discrepancies", params={"state": "open"}).json()["discrepancies"]
+    base = f"/v1/recon/discrepancies/{found['ref']}"
+    resolved = admin.post(
+        f"{base}/resolve", json={"action": "book_overage", "reason": "多结"}, headers={"X-Operator": "chen"}
+    )
+    assert resolved.json()["state"] == "pending_approval"
+    same = admin.post(f"{base}/approve", headers={"X-Operator": "chen"})
+    assert (same.status_code, same.json()["error"]["code"]) == (422, "approver_must_differ")
+    approved = admin.post(f"{base}/approve", headers={"X-Operator": "li"})
+    assert approved.status_code == 200 and approved.json()["entry"].startswith("je_")
+    detail = admin.get(base).json()
+    assert (detail["state"], [step["action"] for step in detail["history"]]) == ("resolved", ["resolve", "approve"])
