@@ -46,7 +46,7 @@ from zhangfang.accounting import reports as books
 from zhangfang.channels.registry import ChannelRegistry
 from zhangfang.db.sql import sum_minor
 from zhangfang.db.uow import run_in_transaction
-from zhangfang.payments.tables import payment_attempts, refunds
+from zhangfang.payments import reconciliation
 from zhangfang.recon import errors
 from zhangfang.recon.importers import LineError, StatementLine, iter_statement
 from zhangfang.recon.tables import bill_lines, bills, discrepancies, runs
@@ -246,38 +246,6 @@ class _LineWriter:
 # --------------------------------------------------------------------------- matching
 
 
-def expected_fee(registry: ChannelRegistry | None, channel: str) -> sa.ColumnElement[int] | None:
-    """What the channel should charge for a payment attempt, as SQL over ``payment_attempts``.
-
-    The route the attempt took (its channel, payer method, currency and amount band)
-    gives ``cost_fixed + amount × cost_rate``, half up to the fen, in integer
-    arithmetic so SQLite and PostgreSQL agree to the fen. None when the registry
-    does not know the channel (fees are then not compared).
-    """
-    if registry is None:
-        return None
-    a = payment_attempts
-    cases = []
-    for route in (route for route in registry.routes() if route.channel == channel):
-        sign, digits, exponent = route.cost_rate.as_tuple()
-        numerator = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
-        scale = 10 ** max(0, -int(exponent))
-        if exponent > 0:
-            numerator *= 10**exponent
-        cost = route.cost_fixed_minor + (a.c.amount * (2 * numerator) + scale) // (2 * scale)
-        cases.append(
-            (
-                sa.and_(
-                    a.c.method == route.method,
-                    a.c.currency == route.currency,
-                    a.c.amount.between(route.amount_min_minor, route.amount_max_minor),
-                ),
-                cost,
-            )
-        )
-    return sa.case(*cases, else_=sa.null()) if cases else None
-
-
 def run(
     engine: Engine,
     *,
@@ -292,7 +260,7 @@ def run(
     now = now or dt.datetime.now(dt.UTC)
     start, end = day_bounds(bill_date)
     carry_from = end - dt.timedelta(seconds=carry_seconds)
-    fee_sql = expected_fee(registry, channel)
+    fee_sql = reconciliation.channel_fee(registry, channel)
 
     def work(conn: Connection) -> RunResult:
         if conn.execute(sa.select(runs.c.id).where(runs.c.channel == channel, runs.c.bill_date == bill_date)).first():
@@ -318,8 +286,8 @@ def run(
         _mark_duplicates(conn, run_id, channel, bill_date, in_pool, now)
         since = start - dt.timedelta(seconds=carry_seconds)
         sides = {
-            "payment": _payment_records(channel, since, end, fee_sql),
-            "refund": _refund_records(channel, since, end),
+            "payment": reconciliation.succeeded_payments(channel, since, end, fee_sql),
+            "refund": reconciliation.succeeded_refunds(channel, since, end),
         }
         for kind, records in sides.items():
             _match_in_bulk(conn, run_id, kind, records, in_pool)
@@ -335,7 +303,7 @@ def run(
                     line_states[line.id] = "carried"
                     carried += 1
                     continue
-                known = _known_elsewhere(conn, line)
+                known = reconciliation.find_trade(conn, kind=line.kind, ref=line.order_ref)
                 new_rows.append(_discrepancy(run_id, channel, bill_date, "channel_only", line, known, now))
             else:
                 klass = _compare(line, record)
@@ -424,36 +392,6 @@ def _mark_duplicates(
     _set_states(conn, {line.id: "differs" for line in extra})
 
 
-def _payment_records(
-    channel: str, since: dt.datetime, until: dt.datetime, fee_sql: sa.ColumnElement[int] | None
-) -> sa.Select:
-    """Our succeeded payment attempts at the channel in [since, until), shaped like bill lines."""
-    a = payment_attempts
-    return sa.select(
-        sa.literal("payment").label("kind"),
-        a.c.ref,
-        a.c.amount,
-        a.c.currency,
-        (fee_sql if fee_sql is not None else sa.cast(sa.null(), sa.BigInteger)).label("fee"),
-        a.c.state.label("status"),
-        a.c.paid_at.label("at"),
-    ).where(a.c.channel == channel, a.c.state == "succeeded", a.c.paid_at >= since, a.c.paid_at < until)
-
-
-def _refund_records(channel: str, since: dt.datetime, until: dt.datetime) -> sa.Select:
-    """Our succeeded refunds at the channel in [since, until); refund fees are not compared (channels differ)."""
-    r = refunds
-    return sa.select(
-        sa.literal("refund").label("kind"),
-        r.c.ref,
-        r.c.amount,
-        r.c.currency,
-        sa.cast(sa.null(), sa.BigInteger).label("fee"),
-        r.c.state.label("status"),
-        r.c.finished_at.label("at"),
-    ).where(r.c.channel == channel, r.c.state == "succeeded", r.c.finished_at >= since, r.c.finished_at < until)
-
-
 def _match_in_bulk(
     conn: Connection, run_id: int, kind: str, records: sa.Select, in_pool: sa.ColumnElement[bool]
 ) -> None:
@@ -491,26 +429,6 @@ def _unlined(kind: str, records: sa.Select, channel: str) -> sa.Select:
             bill_lines.c.order_ref == record.c.ref, bill_lines.c.kind == kind, bill_lines.c.channel == channel
         )
     )
-
-
-def _known_elsewhere(conn: Connection, line: Any) -> dict[str, Any] | None:
-    """Our record of a line's number when it is not among the day's succeeded records (another state or day)."""
-    if not line.order_ref:
-        return None
-    table = payment_attempts if line.kind == "payment" else refunds
-    row = conn.execute(
-        sa.select(table.c.ref, table.c.amount, table.c.currency, table.c.state).where(table.c.ref == line.order_ref)
-    ).first()
-    if row is None:
-        return None
-    return {
-        "kind": line.kind,
-        "ref": row.ref,
-        "amount": row.amount,
-        "currency": row.currency,
-        "fee": None,
-        "status": row.state,
-    }
 
 
 def _compare(line: Any, record: dict[str, Any]) -> str | None:
