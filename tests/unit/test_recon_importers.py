@@ -627,7 +627,7 @@ def wechat_row(state: str, amount: str, refund: str, fee: str, *, when: str = "2
 def test_malformed_wechat_rows_are_reported_and_a_refund_fee_with_the_wrong_sign_is_refused() -> None:
     rows = [
         wechat_row("SUCCESS", "100.00", "0.00", "0.60"),  # line 2
-        wechat_row("REVOKED", "1.00", "0.00", "0.01"),  # 3
+        wechat_row("BOUNCED", "1.00", "0.00", "0.01"),  # 3: not a trade state
         wechat_row("REFUND", "0.00", "40.00", "0.24"),  # 4: a refund's fee is given back, written negative
         wechat_row("SUCCESS", "abc", "0.00", "0.00"),  # 5
         wechat_row("SUCCESS", "5.00", "0.00", "0.03", when="2024/03/05 10:00"),  # 6
@@ -640,7 +640,7 @@ def test_malformed_wechat_rows_are_reported_and_a_refund_fee_with_the_wrong_sign
     lines, errors, totals = read(io.BytesIO(text.encode()), "wechat")
 
     assert errors == [
-        LineError(3, "交易状态 'REVOKED' is neither SUCCESS nor REFUND", "kind_unknown"),
+        LineError(3, "交易状态 'BOUNCED' is not a WeChat Pay trade state", "kind_unknown"),
         LineError(4, "手续费 0.24 of a refund must not be positive", "fee_invalid"),
         LineError(5, "应结订单金额 'abc' is not an amount", "amount_invalid"),
         LineError(6, "交易时间 '2024/03/05 10:00' is not a time (YYYY-MM-DD HH:MM:SS)", "time_invalid"),
