@@ -48,6 +48,7 @@ from zhangfang.parties import api as parties_api
 from zhangfang.payments import api as payments_api
 from zhangfang.payments import flows as payment_flows
 from zhangfang.recon import api as recon_api
+from zhangfang.settlement import api as settlement_api
 from zhangfang.web import cashier
 
 logger = logging.getLogger("zhangfang.api")
@@ -323,6 +324,7 @@ def create_app(
     app.include_router(ledger_api.router)
     app.include_router(accounting_api.router)
     app.include_router(recon_api.router)
+    app.include_router(settlement_api.router)
     app.include_router(parties_api.admin_router)
     app.include_router(parties_api.router)
     app.include_router(notify_api.admin_router)

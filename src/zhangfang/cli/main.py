@@ -6,6 +6,7 @@
     zhangfang ledger …            accounts, entries, holds, chain, day-end (``zhangfang.ledger.cli``)
     zhangfang accounting …        vouchers, trial balance, 账账核对, periods, reports (``zhangfang.accounting.cli``)
     zhangfang recon …             对账: parse and import bills, run, report, resolve (``zhangfang.recon.cli``)
+    zhangfang settlement …        清结算: terms, run, statement, float, reserve-check (``zhangfang.settlement.cli``)
     zhangfang merchants …         merchants: create, show, list, status (``zhangfang.parties.cli``)
     zhangfang webhooks …          merchant webhook events: list, show, replay; listen (``zhangfang.notify.cli``)
     zhangfang payments …          payment orders: list, show, close; channel notifies (``zhangfang.payments.cli``)
@@ -51,6 +52,7 @@ from zhangfang.payments import flows as payment_flows
 from zhangfang.payments.cli import app as payments_app
 from zhangfang.payments.cli import channels_app
 from zhangfang.recon.cli import app as recon_app
+from zhangfang.settlement.cli import app as settlement_app
 
 EXIT_REFUSED = 2
 EXIT_UNAUTHORIZED = 3
@@ -91,6 +93,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(accounting_app, name="accounting")
 app.add_typer(recon_app, name="recon")
+app.add_typer(settlement_app, name="settlement")
 app.add_typer(demo_app, name="demo")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(merchants_app, name="merchants")

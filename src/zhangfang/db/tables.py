@@ -8,5 +8,6 @@ from zhangfang.notify import tables as notify_tables  # noqa: F401
 from zhangfang.parties import tables as parties_tables  # noqa: F401
 from zhangfang.payments import tables as payments_tables  # noqa: F401
 from zhangfang.recon import tables as recon_tables  # noqa: F401
+from zhangfang.settlement import tables as settlement_tables  # noqa: F401
 
 __all__ = ["metadata"]

@@ -609,6 +609,63 @@ def balance_history(
     )
 
 
+def balances_by_key(conn: Connection, *, keys: Sequence[str]) -> dict[str, Balance]:
+    """Returns the balances of the accounts with these keys (those that exist), in one query per 500 keys.
+
+    For reports and runs over many accounts (a settlement run reads every
+    merchant's pending-settlement balance this way). Hot accounts' columns lag
+    their postings until folded; read those with ``balance``.
+    """
+    found: dict[str, Balance] = {}
+    unique = list(dict.fromkeys(keys))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        rows = conn.execute(
+            sa.select(
+                accounts.c.key,
+                accounts.c.currency,
+                accounts.c.normal_side,
+                accounts.c.debits_posted,
+                accounts.c.credits_posted,
+                accounts.c.debits_pending,
+                accounts.c.credits_pending,
+            ).where(accounts.c.key.in_(chunk))
+        )
+        for row in rows:
+            found[row.key] = Balance(
+                currency=row.currency,
+                normal_side=row.normal_side,
+                debits_posted=row.debits_posted,
+                credits_posted=row.credits_posted,
+                debits_pending=row.debits_pending,
+                credits_pending=row.credits_pending,
+            )
+    return found
+
+
+def posted_totals_by_ledger_code(
+    conn: Connection, *, ledger_codes: Sequence[str], through_date: dt.date
+) -> dict[tuple[str, str], int]:
+    """Returns the posted balance per (ledger code, currency) of ``ledger_codes`` at the end of an accounting date.
+
+    The sum of the postings of entries dated up to ``through_date`` (inclusive)
+    on the accounts of those codes, signed on each account's normal side (a
+    credit-normal customer balance is positive). Holds do not count until posted.
+    """
+    p, e, a = postings, journal_entries, accounts
+    signed = sa.case(
+        (p.c.side == a.c.normal_side, p.c.amount),
+        else_=-p.c.amount,
+    )
+    rows = conn.execute(
+        sa.select(a.c.ledger_code, a.c.currency, sa.func.coalesce(sa.func.sum(signed), 0))
+        .select_from(p.join(a, a.c.id == p.c.account_id).join(e, e.c.id == p.c.entry_id))
+        .where(a.c.ledger_code.in_(list(ledger_codes)), p.c.effect == "posted", e.c.accounting_date <= through_date)
+        .group_by(a.c.ledger_code, a.c.currency)
+    )
+    return {(row[0], row[1]): int(row[2]) for row in rows}
+
+
 # --------------------------------------------------------------------------- holds
 
 

@@ -1414,3 +1414,94 @@ def list_notifies(conn: Connection, *, ref: str | None = None, limit: int = 100)
     if ref is not None:
         query = query.where(channel_notifies.c.ref == ref)
     return [dict(row._mapping) for row in conn.execute(query).all()]
+
+
+# --------------------------------------------------------------------------- reads for settlement
+
+
+def paid_orders_between(
+    conn: Connection,
+    *,
+    paid_from: dt.datetime,
+    paid_until: dt.datetime,
+    currency: str,
+    merchant_ids: list[int] | None = None,
+) -> list[Row[Any]]:
+    """Returns the orders paid in ``[paid_from, paid_until)`` in ``currency``, by merchant, then payment time.
+
+    Each row: ``id, ref, merchant_id, merchant_ref, amount, fee, paid_at``.
+    Refunded orders are included (they were paid); duplicate payments are not
+    (they never belonged to an order). One query (per 500 merchants when
+    ``merchant_ids`` narrows it).
+    """
+    o = payment_orders.c
+    query = (
+        sa.select(o.id, o.ref, o.merchant_id, o.merchant_ref, o.amount, o.fee, o.paid_at)
+        .where(
+            o.state.in_(("succeeded", "refunded")),
+            o.currency == currency,
+            o.paid_at >= paid_from,
+            o.paid_at < paid_until,
+        )
+        .order_by(o.merchant_id, o.paid_at, o.id)
+    )
+    if merchant_ids is None:
+        return list(conn.execute(query).all())
+    found: list[Row[Any]] = []
+    for start in range(0, len(merchant_ids), 500):
+        found.extend(conn.execute(query.where(o.merchant_id.in_(merchant_ids[start : start + 500]))).all())
+    found.sort(key=lambda row: (row.merchant_id, row.paid_at, row.id))
+    return found
+
+
+def refunds_finished_between(
+    conn: Connection, *, finished_from: dt.datetime, finished_until: dt.datetime, currency: str
+) -> list[Row[Any]]:
+    """Returns the succeeded merchant refunds of the orders refunded in ``[finished_from, finished_until)``.
+
+    Every succeeded merchant refund of those orders is returned, earlier and
+    later ones too, ordered by order and finishing time, so a caller can tell
+    what each order had refunded before each refund. Each row: ``id, ref,
+    order_id, merchant_id, merchant_ref, amount, fee_returned, finished_at, order_amount,
+    order_fee, order_paid_at, in_window`` (whether it finished in the window).
+    """
+    r, o = refunds.c, payment_orders.c
+    refunded_orders = sa.select(r.order_id).where(
+        r.kind == "merchant",
+        r.state == "succeeded",
+        r.currency == currency,
+        r.finished_at >= finished_from,
+        r.finished_at < finished_until,
+    )
+    in_window = sa.and_(r.finished_at >= finished_from, r.finished_at < finished_until)
+    query = (
+        sa.select(
+            r.id,
+            r.ref,
+            r.order_id,
+            r.merchant_id,
+            o.merchant_ref,
+            r.amount,
+            r.fee_returned,
+            r.finished_at,
+            o.amount.label("order_amount"),
+            o.fee.label("order_fee"),
+            o.paid_at.label("order_paid_at"),
+            sa.case((in_window, True), else_=False).label("in_window"),
+        )
+        .join(payment_orders, payment_orders.c.id == r.order_id)
+        .where(r.kind == "merchant", r.state == "succeeded", r.order_id.in_(refunded_orders))
+        .order_by(r.order_id, r.finished_at, r.id)
+    )
+    return list(conn.execute(query).all())
+
+
+def payout_states(conn: Connection, *, refs: list[str]) -> dict[str, str]:
+    """Returns the state (``processing``, ``succeeded``, ``failed``) of each of these payouts that exists."""
+    found: dict[str, str] = {}
+    for start in range(0, len(refs), 500):
+        rows = conn.execute(
+            sa.select(payouts.c.ref, payouts.c.state).where(payouts.c.ref.in_(refs[start : start + 500]))
+        )
+        found.update({row.ref: row.state for row in rows})
+    return found

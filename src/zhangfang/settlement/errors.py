@@ -26,11 +26,43 @@ Reading a contract (``fees.FeeContract.from_dict``, ``fees.parse_fee_model``):
                                           ``model`` unknown, then an unknown or missing key, then the
                                           values in the order the model lists its fields
  3. ``fee_contract_invalid``              ``refund_returns_fee`` not true or false
+
+Merchant settlement terms (``service.set_merchant_settings``, ``service.get_merchant_settings``):
+
+ 1. ``merchant_not_found``                the merchant does not exist (``parties``)
+ 2. ``settlement_cycle_invalid``          the cycle text
+ 3. ``fee_contract_invalid`` / ``fee_model_invalid``   the contract, as above
+ 4. ``settlement_payee_invalid``          account number not 8 to 32 digits, name empty or over 100
+                                          characters, bank code not 2 to 16 letters and digits, or a
+                                          number without a name (or the reverse)
+ 5. ``payout_minimum_invalid``            not an ``int`` >= 0 of the minor unit
+
+A settlement run (``service.run_settlement``):
+
+ 1. ``business_date_invalid``             the settlement date is not a ``datetime.date`` of the years
+                                          2000 to 2999 (every date parameter of ``service`` is checked so)
+ 2. ``settlement_calendar_unknown_year``  the calendar does not cover the date
+ 3. ``settlement_payout_channel_unavailable``  no configured channel pays out the currency
+ A merchant the run cannot settle is not an error of the run: it is left out,
+ with nothing written for it, and reported in ``RunResult.skipped`` with
+ ``settlement_payee_invalid`` (its payout account is unusable) or
+ ``merchant_balance_insufficient`` (its balance cannot cover a higher contract fee).
+
+Batches and statements (``service.get_batch``, ``service.statement_csv``):
+
+ 1. ``merchant_not_found``
+ 2. ``settlement_batch_not_found``        no batch of that merchant on that settlement date
+
+Reserve-fund check (``service.reserve_check``):
+
+ 1. ``reserve_statement_invalid``         the statement has malformed lines, or no closing balance in
+                                          the currency
+ 2. ``reserve_statement_date_mismatch``   the statement's closing date is not the date checked
 """
 
 from __future__ import annotations
 
-from zhangfang.errors import InvalidInput, Rejected
+from zhangfang.errors import InvalidInput, NotFound, Rejected
 from zhangfang.payments.errors import AmountMustBeInteger, AmountMustBePositive
 
 __all__ = [
@@ -40,8 +72,14 @@ __all__ = [
     "FeeContractInvalid",
     "FeeModelInvalid",
     "MonthlyVolumeInvalid",
+    "PayoutMinimumInvalid",
+    "ReserveStatementDateMismatch",
+    "ReserveStatementInvalid",
+    "SettlementBatchNotFound",
     "SettlementCalendarUnknownYear",
     "SettlementCycleInvalid",
+    "SettlementPayeeInvalid",
+    "SettlementPayoutChannelUnavailable",
 ]
 
 
@@ -79,3 +117,39 @@ class MonthlyVolumeInvalid(InvalidInput):
     """The merchant's monthly volume before a transaction is a non-negative ``int`` of the minor unit."""
 
     code = "monthly_volume_invalid"
+
+
+class SettlementPayeeInvalid(InvalidInput):
+    """A payout account: 8 to 32 digits, a name of 1 to 100 characters, an optional bank code (2-16 characters)."""
+
+    code = "settlement_payee_invalid"
+
+
+class PayoutMinimumInvalid(InvalidInput):
+    """A minimum payout amount is an ``int`` >= 0 of the minor unit (or none)."""
+
+    code = "payout_minimum_invalid"
+
+
+class SettlementPayoutChannelUnavailable(Rejected):
+    """No configured channel can pay out the settlement currency: the run writes nothing."""
+
+    code = "settlement_payout_channel_unavailable"
+
+
+class SettlementBatchNotFound(NotFound):
+    """No settlement batch of this merchant on this settlement date."""
+
+    code = "settlement_batch_not_found"
+
+
+class ReserveStatementInvalid(InvalidInput):
+    """The custody bank statement has malformed lines or no closing balance in the currency checked."""
+
+    code = "reserve_statement_invalid"
+
+
+class ReserveStatementDateMismatch(InvalidInput):
+    """The custody bank statement closes on another date than the one checked."""
+
+    code = "reserve_statement_date_mismatch"
