@@ -407,7 +407,11 @@ def test_a_notify_reporting_another_amount_leaves_the_order_pending_and_unbooked
     simulator: Any = payments.sandbox.simulator(way.channel)
     simulator.disagree_amount(attempt, AMOUNT - 1)
     assert browser.post(channel_page, data={}).status_code in (200, 302, 303)
-    payments.wait_for(lambda: notify_outcomes(payments, attempt), jobs=False)
+    # The simulator records its delivery only once our answer is back, a moment after we logged the notify.
+    payments.wait_for(
+        lambda: notify_outcomes(payments, attempt) and notifies_about(payments.sandbox, way.channel, attempt),
+        jobs=False,
+    )
 
     assert set(notify_outcomes(payments, attempt)) == {"amount_mismatch"}
     sent = notifies_about(payments.sandbox, way.channel, attempt)
