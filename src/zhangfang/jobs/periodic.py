@@ -128,6 +128,9 @@ def close_past_days(engine: Engine, *, today: dt.date, wait_seconds_max: float) 
 
 def book_closed_days(engine: Engine, settings: Settings) -> int:
     """Book the ledger days closed since the last sync into vouchers; returns how many days."""
+    # Most rounds find nothing to book: ask first, so the chart and rules files are read only when needed.
+    if not run_in_transaction(engine, lambda conn: accounting_sync.days_to_sync(conn), readonly=True):
+        return 0
     chart, posting_rules = accounting_chart.configured(settings)
     result = accounting_sync.sync(engine, chart=chart, posting_rules=posting_rules, mode=settings.accounting_sync_mode)
     for day in result.days:

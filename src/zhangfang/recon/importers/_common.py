@@ -8,6 +8,7 @@ then on disk) because a zip's directory sits at its end.
 
 from __future__ import annotations
 
+import abc
 import codecs
 import csv
 import datetime as dt
@@ -323,8 +324,10 @@ def mismatch(label: str, stated: int, counted: int, code: str | None) -> str:
 # --------------------------------------------------------------------------- parsers
 
 
-class Parser:
-    """One pass over one file: ``items()`` yields lines and errors and keeps ``totals`` and ``line_no`` current."""
+class Parser(abc.ABC):
+    """One pass over one file: ``items()`` yields lines and errors and keeps ``totals`` and ``line_no`` current.
+
+    Each format's module subclasses it (``AlipayParser``, ``WechatParser``, …)."""
 
     def __init__(self, stream: BinaryIO, totals: ParseTotals, *, currency: str) -> None:
         self.stream = stream
@@ -332,5 +335,6 @@ class Parser:
         self.currency = currency
         self.line_no = 0
 
+    @abc.abstractmethod
     def items(self) -> Iterator[StatementLine | LineError]:
-        raise NotImplementedError
+        """The file's lines and errors, in file order."""
