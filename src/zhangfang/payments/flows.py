@@ -505,6 +505,33 @@ def verify_with_channel(engine: Engine, *, attempt_ref: str, now: dt.datetime | 
     return _apply_status(engine, attempt, status, settings, now)
 
 
+def verify_refund_with_channel(engine: Engine, *, refund_ref: str) -> str:
+    """Ask the channel what became of a refund; returns its state there (``succeeded``, ``processing``,
+    ``failed``), ``already_applied`` when it and we both have it succeeded, or ``unknown`` when the
+    channel never heard of it (or we did not).
+
+    What reconciliation uses to confirm a refund the channel's bill left out. It
+    records nothing: a refund still processing here is finished by its own job.
+    """
+    found = run_in_transaction(engine, lambda conn: _refund_or_none(conn, refund_ref), readonly=True)
+    if found is None:
+        return "unknown"
+    try:
+        status = channel_registry.current().adapter(found.channel).query_refund(found.attempt_ref, found.ref)
+    except ChannelRejected:
+        return "unknown"
+    if status.state == "succeeded" and found.state == "succeeded":
+        return "already_applied"
+    return status.state
+
+
+def _refund_or_none(conn: Connection, ref: str) -> Refund | None:
+    try:
+        return service.get_refund(conn, ref=ref)
+    except errors.RefundNotFound:
+        return None
+
+
 def _flag_mismatch(conn: Connection, ref: str, amount: int | None, currency: str | None, now: dt.datetime) -> None:
     """The channel says it took another amount than the attempt's: nothing is booked, and operators must look
     (the attempt carries ``amount_mismatch`` until reconciliation resolves it)."""

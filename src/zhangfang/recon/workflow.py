@@ -6,8 +6,9 @@ Automatic (``auto_resolve``), after a run:
   lost notify): ask the channel; if it says paid, the payment completes through
   the normal path (``payments.flows.verify_with_channel``: booked, merchant told)
   — 补单, action ``supplemented``;
-- ``platform_only`` payment: ask the channel; if it says paid, its bill left the
-  trade out and nothing is wrong with the money — action ``confirmed_by_query``.
+- ``platform_only`` payment or refund: ask the channel; if it says paid (refunded),
+  its bill left the trade out and nothing is wrong with the money — action
+  ``confirmed_by_query``.
 
 Everything else waits for operations: ``assign`` to a person, then ``resolve``
 with an action and a reason:
@@ -94,20 +95,30 @@ def auto_resolve(engine: Engine, *, channel: str, bill_date: dt.date, now: dt.da
     candidates = run_in_transaction(
         engine,
         lambda conn: conn.execute(
-            sa.select(discrepancies.c.ref, discrepancies.c["class"], discrepancies.c.order_ref).where(
+            sa.select(
+                discrepancies.c.ref, discrepancies.c.kind, discrepancies.c["class"], discrepancies.c.order_ref
+            ).where(
                 discrepancies.c.channel == channel,
                 discrepancies.c.bill_date == bill_date,
                 discrepancies.c.state == "open",
-                discrepancies.c.kind == "payment",
-                discrepancies.c["class"].in_(("channel_only", "platform_only")),
+                sa.or_(
+                    sa.and_(
+                        discrepancies.c.kind == "payment",
+                        discrepancies.c["class"].in_(("channel_only", "platform_only")),
+                    ),
+                    sa.and_(discrepancies.c.kind == "refund", discrepancies.c["class"] == "platform_only"),
+                ),
                 discrepancies.c.order_ref.is_not(None),
             )
         ).all(),
         readonly=True,
     )
     resolved = 0
-    for ref, klass, order_ref in candidates:
-        outcome = flows.verify_with_channel(engine, attempt_ref=order_ref, now=now)
+    for ref, kind, klass, order_ref in candidates:
+        if kind == "refund":
+            outcome = flows.verify_refund_with_channel(engine, refund_ref=order_ref)
+        else:
+            outcome = flows.verify_with_channel(engine, attempt_ref=order_ref, now=now)
         action = None
         if klass == "channel_only" and outcome in ("applied", "duplicate"):
             action = "supplemented"
@@ -213,7 +224,10 @@ def _adjustment_legs(row: Any, action: str) -> tuple[tuple[AccountRequest, Accou
     channel_amount, platform_amount = row.channel_amount or 0, row.platform_amount or 0
     if row._mapping["class"] == "fee_mismatch":
         channel_amount, platform_amount = -(row.channel_fee or 0), -(row.platform_fee or 0)
-    difference = channel_amount - platform_amount  # > 0: the channel holds more than we booked
+    difference = channel_amount - platform_amount
+    if row.kind == "refund":
+        difference = -difference  # a refund is money leaving the channel: more refunded there, less held
+    # difference > 0: the channel holds more than we booked
     clearing = payment_postings.channel_clearing_request(row.channel, row.currency)
     if action == "write_off" and difference < 0:
         return (_platform_account("fund_losses", row.currency), clearing), -difference

@@ -62,7 +62,7 @@ What it speaks (see ``/work/shared/reference/channels.md``, section "Alipay")
 Simplified, on purpose
 - One Alipay key pair for every app; no certificate mode, no ISV
   ``app_auth_token``, no ``timeout_express``; ``TRADE_FINISHED`` is never
-  reached; no fees (服务费 is 0.00) and no discounts; the zip's member names are
+  reached; no discounts; the zip's member names are
   stored as UTF-8 (Alipay's tooling writes GBK names); the summary file is an
   approximation of the real one.
 """
@@ -370,6 +370,7 @@ class AlipaySimulator:
         clock: Callable[[], dt.datetime] = _system_clock,
         notify_delay_seconds: float = 0.01,
         notify_http_timeout_seconds: float = 5.0,
+        fee_rate_bp: int = 0,
     ) -> None:
         if not merchants:
             raise ValueError("the simulator needs at least one merchant app")
@@ -380,6 +381,7 @@ class AlipaySimulator:
         self._clock = clock
         self.notify_delay_seconds = notify_delay_seconds
         self._notify_http_timeout_seconds = notify_http_timeout_seconds
+        self._fee_rate_bp = fee_rate_bp
 
         self._lock = threading.RLock()
         self._trades: dict[tuple[str, str], _Trade] = {}
@@ -1054,16 +1056,24 @@ class AlipaySimulator:
                 continue
             shown = _yuan(trade.shown_total_minor)
             if trade.paid_at is not None and _beijing(trade.paid_at).date() == bill_date:
-                row = _bill_row(trade, "交易", shown, shown, trade.paid_at, refund_no="")
+                fee = _yuan(-self._fee_minor(trade.shown_total_minor))  # charged: shown negative
+                row = _bill_row(trade, "交易", shown, shown, trade.paid_at, refund_no="", fee=fee)
                 entries.append((trade.paid_at, trade.paid_sequence, row))
             for refund in trade.refunds:
                 if _beijing(refund.refunded_at).date() == bill_date:
                     received = _yuan(-refund.refund_minor)
-                    row = _bill_row(trade, "退款", shown, received, refund.refunded_at, refund_no=refund.out_request_no)
+                    fee = _yuan(self._fee_minor(refund.refund_minor))  # returned in proportion: positive
+                    row = _bill_row(
+                        trade, "退款", shown, received, refund.refunded_at, refund_no=refund.out_request_no, fee=fee
+                    )
                     row[-1] = refund.reason or ""
                     entries.append((refund.refunded_at, refund.sequence, row))
         entries.sort(key=lambda entry: entry[:2])
         return [row for _, _, row in entries]
+
+    def _fee_minor(self, amount_minor: int) -> int:
+        """服务费: the merchant's rate on an amount, half up to the fen."""
+        return (amount_minor * self._fee_rate_bp * 2 + 10_000) // 20_000
 
     def _build_bill_zip(self, merchant: SandboxMerchant, bill_date: dt.date) -> bytes:
         rows = self._bill_detail_rows(merchant, bill_date)
@@ -1093,13 +1103,11 @@ class AlipaySimulator:
             summary.write(line + "\r\n")
         summary_writer.writerow(BILL_SUMMARY_COLUMNS)
         order_total = _sum_yuan(row[11] for row in trades)
-        net = _yuan(parse_amount(trade_received, CURRENCY) + parse_amount(refund_received, CURRENCY))
-        summary_writer.writerow(
-            ["", "", len(trades), len(refunds), order_total, net, "0.00", "0.00", "0.00", "0.00", "0.00", net]
-        )
-        summary_writer.writerow(
-            ["合计", "", len(trades), len(refunds), order_total, net, "0.00", "0.00", "0.00", "0.00", "0.00", net]
-        )
+        received = parse_amount(trade_received, CURRENCY) + parse_amount(refund_received, CURRENCY)
+        fees = sum(parse_amount(row[BILL_DETAIL_COLUMNS.index("服务费（元）")], CURRENCY) for row in rows)
+        figures = [order_total, _yuan(received), "0.00", "0.00", "0.00", _yuan(fees), "0.00", _yuan(received + fees)]
+        summary_writer.writerow(["", "", len(trades), len(refunds), *figures])
+        summary_writer.writerow(["合计", "", len(trades), len(refunds), *figures])
         summary.write(_SUMMARY_END + "\r\n")
         summary.write(exported + "\r\n")
 
@@ -1139,14 +1147,17 @@ def create_alipay_simulator(
     base_url: str | None = None,
     clock: Callable[[], dt.datetime] = _system_clock,
     notify_delay_seconds: float = 0.01,
+    fee_rate_bp: int = 0,
 ) -> AlipaySimulator:
-    """Builds a simulated Alipay; ``notify_delay_seconds`` is how many real seconds one minute of retry takes."""
+    """Builds a simulated Alipay; ``notify_delay_seconds`` is how many real seconds one minute of retry takes,
+    ``fee_rate_bp`` the 服务费 rate its bills show, in basis points."""
     return AlipaySimulator(
         alipay_private_key_pem=alipay_private_key_pem,
         merchants=merchants,
         base_url=base_url,
         clock=clock,
         notify_delay_seconds=notify_delay_seconds,
+        fee_rate_bp=fee_rate_bp,
     )
 
 
@@ -1170,7 +1181,7 @@ def _parse_time_expire(value: Any) -> dt.datetime | None:
 
 
 def _bill_row(
-    trade: _Trade, kind: str, order_amount: str, received: str, finished_at: dt.datetime, *, refund_no: str
+    trade: _Trade, kind: str, order_amount: str, received: str, finished_at: dt.datetime, *, refund_no: str, fee: str
 ) -> list[str]:
     row = [
         trade.trade_no + "\t",
@@ -1195,7 +1206,7 @@ def _bill_row(
         "0.00",
         "0.00",
         refund_no + "\t" if refund_no else "",
-        "0.00",
+        fee,
         "0.00",
         "",
     ]

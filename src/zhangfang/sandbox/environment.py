@@ -21,9 +21,9 @@ Guarantees
   ports and base URLs change between starts (when ports are chosen freely).
 - Nothing listens beyond ``host`` (default ``127.0.0.1``): each simulator is
   bound there, and its ``base_url`` is ``http://host:port``.
-- Simulated costs agree with the configured routes: each bank's and WeChat
-  Pay's fee in their bills is the route's ``cost_rate`` (the Alipay simulator
-  charges no fee).
+- Simulated costs agree with the configured routes: each channel's fee in its
+  bill (Alipay's 服务费, WeChat Pay's 手续费, the banks' fee column) is the
+  route's ``cost_rate``.
 
 Time: ``notify_delay_seconds`` is how many wall seconds one second of a
 channel's own schedule lasts (its notify retries), the same for every
@@ -216,6 +216,7 @@ def start_sandbox(
             ],
             # Alipay's simulator counts its retry schedule in minutes.
             notify_delay_seconds=notify_delay_seconds * SECONDS_PER_MINUTE,
+            fee_rate_bp=_ROUTES["alipay"].cost_rate_bp,
             **clock_option,
         )
         servers["alipay"] = _serve(alipay.app, "alipay", host, chosen_ports["alipay"])
