@@ -67,6 +67,7 @@ def test_a_round_with_nothing_to_do_does_nothing(engine):
         "days_booked": 0,
         "payments_expiring": 0,
         "nonces_pruned": 0,
+        "settlements_synced": 0,
     }
 
 

@@ -18,6 +18,7 @@ from tests.payments_env import PaymentsEnv, Shop
 
 from zhangfang import ids
 from zhangfang.db.uow import run_in_transaction
+from zhangfang.jobs import periodic
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.tables import ledger_clock
 from zhangfang.parties import service as parties
@@ -312,7 +313,7 @@ def test_a_week_spanning_national_day_pays_the_hand_computed_amounts_on_the_righ
     assert count_holds(env) == holds_before
 
     settle_payouts(env)
-    assert run_in_transaction(env.engine, lambda conn: settlement.sync_batch_states(conn)) == 3
+    assert periodic.sync_settlement_batches(env.engine) == 3  # what the worker does every round
     assert env.merchant_balance(a) == 10_000 - 60 + 5_000 - 30 + 7_000 - 42 - (5_000 - 30)
 
     # ---- Oct 1-8: holidays, nothing settles
@@ -418,3 +419,22 @@ def test_a_week_spanning_national_day_pays_the_hand_computed_amounts_on_the_righ
     assert agrees.ledger_codes["merchant_pending"] == 6_958
     short = check(camt053(tmp_path / "short.xml", customer_funds - 100, OCT_9))
     assert (short.gap, short.agrees) == (-100, False)
+    # the same over HTTP, the statement as the body; a statement of another date is refused
+    answer = env.admin.post(
+        "/v1/settlement/reserve-check",
+        params={"date": OCT_9.isoformat(), "format": "camt053"},
+        content=(tmp_path / "short.xml").read_bytes(),
+    )
+    assert answer.status_code == 200, answer.text
+    assert {key: answer.json()[key] for key in ("customer_funds", "bank_balance", "gap", "agrees")} == {
+        "customer_funds": 6_958,
+        "bank_balance": 6_858,
+        "gap": -100,
+        "agrees": False,
+    }
+    other_day = env.admin.post(
+        "/v1/settlement/reserve-check",
+        params={"date": "2025-10-10", "format": "camt053"},
+        content=(tmp_path / "short.xml").read_bytes(),
+    )
+    assert (other_day.status_code, other_day.json()["error"]["code"]) == (422, "reserve_statement_date_mismatch")

@@ -16,6 +16,9 @@ Each round runs these jobs in order, each in transactions of its own:
 6. payments ``enqueue_due_expiries``: each pending payment order past its
             ``expires_at`` is handed, once, to a ``payments.expire`` job (same bound).
 7. nonces   ``prune_nonces``: merchant request nonces too old to be replayed.
+8. payouts  ``settlement.sync_batch_states``: each settlement batch still ``paying``
+            follows its payout to ``paid`` or ``failed`` (a failed payout's amount is
+            carried into the merchant's next batch by the next run).
 
 Where it runs: ``zhangfang jobs run`` (or ``zhangfang worker``) loops in the
 foreground until SIGTERM/SIGINT; the API server may run the same loop in a
@@ -54,6 +57,7 @@ from zhangfang.notify import service as notify_service  # noqa: F401  (registers
 from zhangfang.parties import service as parties
 from zhangfang.payments import flows as payment_flows  # noqa: F401  (registers the payments.* handlers)
 from zhangfang.payments import service as payments
+from zhangfang.settlement import service as settlement
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,16 @@ EXPIRE_BATCH_SIZE = 1000
 # ledger in one round (sealing under a sustained load) never starves the jobs after it.
 BATCHES_PER_ROUND_MAX = 20
 
-JOB_NAMES = ("sealed", "folded", "expired", "days_closed", "days_booked", "payments_expiring", "nonces_pruned")
+JOB_NAMES = (
+    "sealed",
+    "folded",
+    "expired",
+    "days_closed",
+    "days_booked",
+    "payments_expiring",
+    "nonces_pruned",
+    "settlements_synced",
+)
 PAYMENT_EXPIRY_BATCH_SIZE = 500
 
 
@@ -144,6 +157,11 @@ def book_closed_days(engine: Engine, settings: Settings) -> int:
     return len(result.days)
 
 
+def sync_settlement_batches(engine: Engine, *, now: dt.datetime | None = None) -> int:
+    """Settlement batches paying out follow their payouts; returns how many changed state."""
+    return run_in_transaction(engine, lambda conn: settlement.sync_batch_states(conn, now=now))
+
+
 def business_today(settings: Settings, now: dt.datetime | None = None) -> dt.date:
     """Today's date in the business time zone (Asia/Shanghai)."""
     return (now or dt.datetime.now(dt.UTC)).astimezone(ZoneInfo(settings.timezone)).date()
@@ -172,6 +190,7 @@ def run_round(
         "days_booked": lambda: book_closed_days(engine, settings),
         "payments_expiring": lambda: hand_over_expired_payments(engine, now=now),
         "nonces_pruned": lambda: prune_nonces(engine, now=now),
+        "settlements_synced": lambda: sync_settlement_batches(engine, now=now),
     }
     counts = dict.fromkeys(JOB_NAMES, 0)
     failures: list[Exception] = []

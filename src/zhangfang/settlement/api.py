@@ -6,6 +6,8 @@
 - ``GET /batches?settlement_date=D``: the batches of a date.
 - ``GET /statements/{merchant}/{settlement_date}``: the statement CSV (UTF-8 with BOM).
 - ``GET /float?as_of=D``: the float (沉淀资金).
+- ``POST /reserve-check?date=D&format=camt053|mt940``: the reserve-fund check (备付金)
+  against the custody bank's statement sent as the body.
 
 Translation only: the domain decides; errors keep their codes (``zhangfang.errors``).
 """
@@ -13,9 +15,12 @@ Translation only: the domain decides; errors keep their codes (``zhangfang.error
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
 
-from fastapi import Depends, Response
+from fastapi import Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.engine import Engine
 
@@ -142,3 +147,33 @@ def float_report(
         engine, lambda conn: service.float_report(conn, as_of=as_of, date_from=date_from), readonly=True
     )
     return report.as_json()
+
+
+@router.post(
+    "/reserve-check",
+    summary="备付金: customer funds in the ledger against the custody account's statement (the body)",
+    responses={
+        422: error_doc(
+            "a malformed statement or one without a closing balance (reserve_statement_invalid), "
+            "or one closing on another date (reserve_statement_date_mismatch)"
+        )
+    },
+)
+async def reserve_check(
+    request: Request,
+    date: dt.date,
+    format: Literal["camt053", "mt940"],
+    engine: Engine = Depends(get_engine),
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / f"statement.{format}"
+        with path.open("wb") as file:
+            async for chunk in request.stream():
+                file.write(chunk)
+        check = await run_in_threadpool(
+            run_in_transaction,
+            engine,
+            lambda conn: service.reserve_check(conn, date=date, statement=path, fmt=format),
+            readonly=True,
+        )
+    return check.as_json()
