@@ -7,6 +7,7 @@
     zhangfang accounting …        vouchers, trial balance, 账账核对, periods, reports (``zhangfang.accounting.cli``)
     zhangfang recon …             对账: parse and import bills, run, report, resolve (``zhangfang.recon.cli``)
     zhangfang settlement …        清结算: terms, run, statement, float, reserve-check (``zhangfang.settlement.cli``)
+    zhangfang lending schedule    借贷: an amortization schedule, no database (``zhangfang.lending.cli``)
     zhangfang merchants …         merchants: create, show, list, status (``zhangfang.parties.cli``)
     zhangfang webhooks …          merchant webhook events: list, show, replay; listen (``zhangfang.notify.cli``)
     zhangfang payments …          payment orders: list, show, close; channel notifies (``zhangfang.payments.cli``)
@@ -45,6 +46,7 @@ from zhangfang.errors import Unauthorized, ZhangfangError
 from zhangfang.jobs import periodic
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.cli import app as ledger_app
+from zhangfang.lending.cli import app as lending_app
 from zhangfang.notify.cli import app as webhooks_app
 from zhangfang.parties.cli import app as merchants_app
 from zhangfang.parties.client_cli import app as client_app
@@ -94,6 +96,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(accounting_app, name="accounting")
 app.add_typer(recon_app, name="recon")
 app.add_typer(settlement_app, name="settlement")
+app.add_typer(lending_app, name="lending")
 app.add_typer(demo_app, name="demo")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(merchants_app, name="merchants")
