@@ -90,10 +90,12 @@ class Deduction:
 
 
 class DeductionProvider(Protocol):
-    """A source of deductions, asked once per merchant in every run (none is installed yet).
+    """A source of deductions, asked once per merchant in every run (``lending.pos.PosLoanDeductions``).
 
     ``deductions_for`` says what to take, at most ``available`` in total (the
     merchant's available pending-settlement balance after the fee adjustment);
+    ``net`` is the statement's net before any deduction (captured - refunds -
+    fees + fees returned), for a provider that takes a share of it;
     ``book`` then moves each taken deduction in the ledger, in the run's
     transaction, debiting the merchant's pending-settlement account (business
     code ``settlement``) under an idempotency key derived from ``batch_ref``.
@@ -109,6 +111,7 @@ class DeductionProvider(Protocol):
         merchant_ref: str,
         settlement_date: dt.date,
         currency: str,
+        net: int,
         available: int,
     ) -> Sequence[Deduction]: ...
 

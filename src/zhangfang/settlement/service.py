@@ -344,6 +344,25 @@ def sync_batch_states(conn: Connection, *, now: dt.datetime | None = None) -> in
     return moved
 
 
+def settled_volume(
+    conn: Connection, *, merchant_id: int, since: dt.date, until: dt.date, currency: str = SETTLEMENT_CURRENCY
+) -> int:
+    """Captured minus refunds of the merchant's batches with a settlement date in [since, until).
+
+    What a POS credit line is computed from: the flow the merchant has actually settled.
+    """
+    b = settlement_batches.c
+    total = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(b.captured - b.refunds), 0)).where(
+            b.merchant_id == merchant_id,
+            b.currency == currency,
+            b.settlement_date >= since,
+            b.settlement_date < until,
+        )
+    ).scalar_one()
+    return int(total)
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -587,6 +606,8 @@ def run_settlement(
             conn, batch_ref=ref, merchant_ref=merchant.ref, delta=delta, currency=currency, now=now
         )
         available = available_before - delta
+        captured = sum(line.captured for line in days)
+        refunds = sum(line.refunds for line in days)
         deductions: list[Deduction] = []
         for provider in deduction_providers:
             taken = list(
@@ -596,6 +617,7 @@ def run_settlement(
                     merchant_ref=merchant.ref,
                     settlement_date=day,
                     currency=currency,
+                    net=captured - refunds - fees + fees_returned,
                     available=available - sum(d.amount for d in deductions),
                 )
             )
@@ -605,8 +627,6 @@ def run_settlement(
         deducted = sum(d.amount for d in deductions)
         assert 0 <= deducted <= available, (merchant.ref, deducted, available)
         available -= deducted
-        captured = sum(line.captured for line in days)
-        refunds = sum(line.refunds for line in days)
         net = captured - refunds - fees + fees_returned - deducted
         payable = net + carried_in
         amount = max(0, min(payable, available))
