@@ -32,7 +32,7 @@ from zhangfang.ledger.tables import chain_head, ledger_clock
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
-pytest_plugins = ["tests.webhook_receiver", "tests.payments_env"]
+pytest_plugins = ["tests.webhook_receiver", "tests.payments_env", "tests.mandates_env"]
 
 # In CI, property tests draw a fixed sequence of examples, so a green build stays green and a red one
 # reproduces; on a developer's machine they explore afresh on every run.

@@ -114,6 +114,36 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="How long a channel that tripped its breaker stays out of rotation."
     )
 
+    mandate_retry_schedule: str = Field(
+        default="3d,7d,7d",
+        pattern=r"^\s*[0-9]{1,6}[smhd]\s*(,\s*[0-9]{1,6}[smhd]\s*){0,19}$",
+        description="Waits before each retry of a withholding debit that failed softly (insufficient funds, no "
+        "answer), as durations like 3d,7d,7d (s, m, h, d); one retry per entry, then the debit fails. The default "
+        "follows GoCardless Success+: three retries within 21 days.",
+    )
+    mandate_restricted_mccs: str = Field(
+        default="7995,7800,7801,7802,5967",
+        pattern=r"^\s*([0-9]{4}\s*(,\s*[0-9]{4}\s*)*)?$",
+        description="Merchant category codes refused for withholding (comma-separated): no mandate is signed and no "
+        "debit is made for a merchant of these industries (default: gambling, lotteries, adult content).",
+    )
+    mandate_debit_amount_max: int = Field(
+        default=5_000_000,
+        ge=1,
+        description="The most one withholding debit may take, in fen, whatever a mandate allows (50,000 yuan).",
+    )
+    mandate_daily_amount_max: int = Field(
+        default=20_000_000,
+        ge=1,
+        description="The most one mandate may debit per day (Asia/Shanghai due date), in fen, whatever it allows.",
+    )
+    mandate_code_seconds: int = Field(
+        default=300, ge=30, le=3600, description="How long a one-time signing code (SMS) stays valid."
+    )
+    mandate_code_attempts_max: int = Field(
+        default=5, ge=1, le=20, description="Wrong codes after which a signing code is spent (ask for a new one)."
+    )
+
     def sqlite_path(self) -> Path | None:
         prefix = "sqlite:///"
         if self.database_url.startswith(prefix):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from decimal import Decimal
@@ -146,3 +147,109 @@ def test_the_command_runs_as_a_process_without_a_database(tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: date_invalid: ")
+
+
+# --------------------------------------------------------------------------- loans, on a SQLite database
+
+
+@pytest.fixture
+def db_cli(sqlite_template, tmp_path):
+    """Runs ``zhangfang --database-url <a fresh migrated SQLite copy> …``."""
+    path = tmp_path / "zhangfang.db"
+    shutil.copyfile(sqlite_template, path)
+    url = f"sqlite:///{path}"
+
+    def invoke(*args: str, expect: int = 0):
+        return run("--database-url", url, *args, expect=expect)
+
+    return invoke
+
+
+@pytest.fixture
+def merchant_ref(db_cli) -> str:
+    created = db_cli(
+        "merchants", "create", "--key", "noodle-shop", "--name", "兰州拉面", "--mcc", "5812", "--fee-rate", "0.006",
+        "--bank-name", "招商银行", "--account-number", "6214830212345678", "--account-name", "店主",
+        "--sign-type", "HMAC-SHA256", "--json",
+    )  # fmt: skip
+    return json.loads(created.stdout)["id"]
+
+
+DRAWDOWN = ("--principal", "10000.00", "--annual-rate", "0.12", "--periods", "3", "--start", "2026-01-15")
+
+
+def test_an_operator_lends_shows_and_takes_a_repayment_in_yuan(db_cli, merchant_ref):
+    args = ("lending", "drawdown", "--merchant", merchant_ref, "--key", "loan-1", "--kind", "term", *DRAWDOWN)
+    loan = json.loads(db_cli(*args, "--json").stdout)
+    assert (loan["created"], loan["principal"], loan["kind"]) == (True, 1_000_000, "term")
+    assert [i["principal"] + i["interest"] for i in loan["installments"]] == [340022, 340022, 340023]
+    again = json.loads(db_cli(*args, "--json").stdout)
+    assert (again["created"], again["id"]) == (False, loan["id"])
+
+    shown = json.loads(db_cli("lending", "show", loan["id"], "--as-of", "2026-03-01", "--json").stdout)
+    assert shown["owed"] == 330022 + 10000 + 2310  # 14 days of penalty on the overdue principal
+    assert [i["state"] for i in shown["installments"]] == ["overdue", "pending", "pending"]
+
+    paid = db_cli(
+        "lending", "repay", loan["id"], "--amount", "3500.00", "--source", "manual", "--key", "pay-1",
+        "--as-of", "2026-03-01", "--json",
+    )  # fmt: skip
+    repayment = json.loads(paid.stdout)
+    assert (repayment["amount"], repayment["applied"], repayment["overpayment"]) == (350000, 350000, 0)
+    assert repayment["split"] == [
+        {"period": 1, "penalty": 2310, "interest": 10000, "principal": 330022},
+        {"period": 2, "penalty": 0, "interest": 6700, "principal": 968},
+    ]
+    listed = json.loads(db_cli("lending", "repayments", loan["id"], "--json").stdout)
+    assert [item["ref"] for item in listed] == [repayment["ref"]]
+    table = db_cli("lending", "show", loan["id"], "--as-of", "2026-03-01").stdout
+    assert "3423.32" in table and "paid" in table and "6690.10" in table  # period 1 paid with its penalty
+
+    listed = json.loads(db_cli("lending", "loans", "--merchant", merchant_ref, "--json").stdout)
+    assert [item["outstanding_principal"] for item in listed] == [1_000_000 - 330022 - 968]
+    aging = json.loads(db_cli("lending", "aging", "--as-of", "2026-03-20", "--json").stdout)
+    assert [(row["bucket"], row["loan_count"]) for row in aging["rows"]] == [
+        ("current", 0),
+        ("M1", 1),
+        ("M2", 0),
+        ("M3+", 0),
+    ]
+    assert "M1" in db_cli("lending", "aging", "--as-of", "2026-03-20").stdout
+
+
+def test_a_pos_drawdown_beyond_the_credit_line_is_one_error_line(db_cli, merchant_ref):
+    line = json.loads(db_cli("lending", "credit-line", merchant_ref, "--as-of", "2026-01-15", "--json").stdout)
+    assert (line["limit"], line["available"]) == (0, 0)
+
+    refused = db_cli("lending", "drawdown", "--merchant", merchant_ref, "--key", "pos-1", *DRAWDOWN, expect=2)
+
+    assert refused.stderr.startswith("error: credit_line_exceeded: ") and refused.stderr.count("\n") == 1
+    assert json.loads(db_cli("lending", "loans", "--json").stdout) == []
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (("repay", "loan_01M8NT8D17N87DWYEQ5W1D0J8Z", "--amount", "1.00", "--source", "manual", "--key", "k"),
+         "loan_not_found"),
+        (("repay", "{loan}", "--amount", "1.001", "--source", "manual", "--key", "k"), "amount_has_too_many_decimals"),
+        (("repay", "{loan}", "--amount", "1.00", "--source", "cash", "--key", "k"), "repayment_source_invalid"),
+        (("repay", "{loan}", "--amount", "1.00", "--source", "manual"), "option_required"),
+        (("show", "{loan}", "--as-of", "someday"), "date_invalid"),
+        (("aging", "--as-of", "0001-01-01"), "as_of_date_invalid"),
+        (("drawdown", "--merchant", "{merchant}", "--key", "k2", "--kind", "term", "--principal", "1.00",
+          "--annual-rate", "0.12", "--periods", "3", "--start", "2026-01-15", "--allocation-order", "principal"),
+         "allocation_order_invalid"),
+    ],
+)  # fmt: skip
+def test_a_refused_loan_command_is_one_error_line_and_changes_nothing(db_cli, merchant_ref, args, code):
+    args_base = ("lending", "drawdown", "--merchant", merchant_ref, "--key", "loan-1", "--kind", "term", *DRAWDOWN)
+    loan = json.loads(db_cli(*args_base, "--json").stdout)
+    filled = [arg.format(loan=loan["id"], merchant=merchant_ref) for arg in args]
+
+    refused = db_cli("lending", *filled, expect=2)
+
+    assert refused.stderr.startswith(f"error: {code}: ") and refused.stderr.count("\n") == 1, refused.stderr
+    after = json.loads(db_cli("lending", "show", loan["id"], "--json").stdout)
+    assert after["outstanding_principal"] == 1_000_000
+    assert [item["id"] for item in json.loads(db_cli("lending", "loans", "--json").stdout)] == [loan["id"]]

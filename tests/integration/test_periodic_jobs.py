@@ -68,6 +68,9 @@ def test_a_round_with_nothing_to_do_does_nothing(engine):
         "payments_expiring": 0,
         "nonces_pruned": 0,
         "settlements_synced": 0,
+        "debits_requested": 0,
+        "loans_accrued": 0,
+        "mandates_expired": 0,
     }
 
 

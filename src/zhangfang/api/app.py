@@ -43,6 +43,8 @@ from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import ZhangfangError
 from zhangfang.jobs.periodic import start_in_thread
 from zhangfang.ledger import api as ledger_api
+from zhangfang.lending import api as lending_api
+from zhangfang.mandates import api as mandates_api
 from zhangfang.notify import api as notify_api
 from zhangfang.parties import api as parties_api
 from zhangfang.payments import api as payments_api
@@ -325,6 +327,9 @@ def create_app(
     app.include_router(accounting_api.router)
     app.include_router(recon_api.router)
     app.include_router(settlement_api.router)
+    app.include_router(mandates_api.router)
+    app.include_router(mandates_api.admin_router)
+    app.include_router(lending_api.router)
     app.include_router(parties_api.admin_router)
     app.include_router(parties_api.router)
     app.include_router(notify_api.admin_router)

@@ -64,7 +64,11 @@ interfaces look; the full text is ``docs/channels/bank_direct.md``)
   (channels.md, "Bill (trade)"). ``download_bill`` checks the hash.
 
 Beyond ``ChannelAdapter`` the adapter offers payouts (代付) to bank accounts:
-``create_payout``, ``query_payout`` and ``parse_payout_notify``.
+``create_payout``, ``query_payout`` and ``parse_payout_notify``; and withholding
+agreements (协议代扣): ``sign_agreement`` (the bank answers its agreement
+number), ``cancel_agreement`` and ``withhold`` (a synchronous debit under an
+agreement, a trade like any other: queried with ``query_payment``, listed in the
+bill as a ``bank_card`` payment).
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ __all__ = [
     "CMB",
     "ICBC",
     "PROFILES",
+    "AgreementState",
+    "AgreementStatus",
     "BankDirectAdapter",
     "BankProfile",
     "BillLayout",
@@ -119,11 +125,13 @@ __all__ = [
     "PayoutRequest",
     "PayoutState",
     "PayoutStatus",
+    "SignRequest",
     "Wire",
     "WireError",
     "WireNotify",
     "WireRequest",
     "WireResponse",
+    "WithholdRequest",
     "XmlHeaderWire",
     "load_private_key",
     "load_public_key",
@@ -134,6 +142,7 @@ __all__ = [
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 PayoutState = Literal["processing", "succeeded", "failed"]
+AgreementState = Literal["active", "cancelled"]
 NotifyType = Literal["payment", "refund", "payout"]
 
 
@@ -664,7 +673,8 @@ class BankProfile:
     code: str
     name: str
     wire: Wire
-    apis: Mapping[str, str]  # create, query, close, refund, refund_query, bill, payout, payout_query
+    apis: Mapping[str, str]  # create, query, close, refund, refund_query, bill, payout, payout_query, sign, unsign,
+    # withhold
     notify_types: Mapping[NotifyType, str]
     fields: Mapping[str, str]
     amount_unit: Literal["fen", "yuan"]
@@ -673,6 +683,7 @@ class BankProfile:
     trade_states: Mapping[PaymentState, str]
     refund_states: Mapping[RefundState, str]
     payout_states: Mapping[PayoutState, str]
+    agreement_states: Mapping[AgreementState, str]
     error_codes: Mapping[str, str]  # our rule name → the bank's return code; "ok" is success
     time_format: str  # wire timestamps, Asia/Shanghai
     date_format: str
@@ -758,6 +769,9 @@ ICBC = BankProfile(
         "bill": "/api/pay/bill/download/V1",
         "payout": "/api/payout/apply/V1",
         "payout_query": "/api/payout/query/V1",
+        "sign": "/api/agreement/sign/V1",
+        "unsign": "/api/agreement/unsign/V1",
+        "withhold": "/api/pay/withhold/V1",
     },
     notify_types={"payment": "/notify/pay/V1", "refund": "/notify/refund/V1", "payout": "/notify/payout/V1"},
     fields={
@@ -794,6 +808,12 @@ ICBC = BankProfile(
         "finished_at": "finish_time",
         "failure_code": "fail_code",
         "failure_message": "fail_msg",
+        "out_sign_no": "sign_serial_no",
+        "agreement_no": "agreement_no",
+        "account_number": "payer_acct_no",
+        "account_name": "payer_acct_name",
+        "phone": "mobile",
+        "agreement_state": "agreement_status",
     },
     amount_unit="fen",
     currency_codes={"CNY": "001"},
@@ -801,6 +821,7 @@ ICBC = BankProfile(
     trade_states={"pending": "0", "succeeded": "1", "failed": "2", "closed": "3"},
     refund_states={"processing": "0", "succeeded": "1", "failed": "2"},
     payout_states={"processing": "0", "succeeded": "1", "failed": "2"},
+    agreement_states={"active": "1", "cancelled": "2"},
     error_codes={
         "ok": "0",
         "param_invalid": "10001",
@@ -817,6 +838,9 @@ ICBC = BankProfile(
         "account_closed": "40001",
         "out_payout_no_reused": "40002",
         "payout_not_found": "40003",
+        "insufficient_funds": "50001",
+        "agreement_invalid": "50002",
+        "out_sign_no_reused": "50003",
     },
     time_format="%Y-%m-%d %H:%M:%S",
     date_format="%Y-%m-%d",
@@ -864,6 +888,9 @@ CMB = BankProfile(
         "bill": "NTBILDWN",
         "payout": "NTAGPAPL",
         "payout_query": "NTAGPQRY",
+        "sign": "NTAGRSGN",
+        "unsign": "NTAGRCNL",
+        "withhold": "NTWHDAPL",
     },
     notify_types={"payment": "NTPAYNTF", "refund": "NTRFDNTF", "payout": "NTAGPNTF"},
     fields={
@@ -901,6 +928,12 @@ CMB = BankProfile(
         "finished_at": "FINTIM",
         "failure_code": "ERRCOD",
         "failure_message": "ERRTXT",
+        "out_sign_no": "SGNNBR",
+        "agreement_no": "AGRNBR",
+        "account_number": "PAYACC",
+        "account_name": "PAYNAM",
+        "phone": "MOBTEL",
+        "agreement_state": "AGRSTS",
     },
     amount_unit="yuan",
     currency_codes={"CNY": "10"},
@@ -908,6 +941,7 @@ CMB = BankProfile(
     trade_states={"pending": "A", "succeeded": "S", "failed": "F", "closed": "C"},
     refund_states={"processing": "P", "succeeded": "S", "failed": "F"},
     payout_states={"processing": "OPR", "succeeded": "FIN", "failed": "FAL"},
+    agreement_states={"active": "A", "cancelled": "C"},
     error_codes={
         "ok": "0",
         "param_invalid": "PARAM_ERR",
@@ -924,6 +958,9 @@ CMB = BankProfile(
         "account_closed": "ACC_CLOSED",
         "out_payout_no_reused": "AGP_REPEAT",
         "payout_not_found": "AGP_NOT_EXIST",
+        "insufficient_funds": "BAL_NOT_ENOUGH",
+        "agreement_invalid": "AGR_INVALID",
+        "out_sign_no_reused": "AGR_REPEAT",
     },
     time_format="%Y%m%d%H%M%S",
     date_format="%Y%m%d",
@@ -1000,6 +1037,39 @@ class PayoutNotify:
 
     notify_id: str
     status: PayoutStatus
+
+
+# --------------------------------------------------------------------------- withholding agreements (协议代扣)
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    """Sign a withholding agreement for the payer's account; ``out_sign_no`` (our mandate's ref) makes it
+    idempotent at the bank."""
+
+    out_sign_no: str
+    account_number: str = field(repr=False)
+    account_name: str
+    phone: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AgreementStatus:
+    out_sign_no: str | None
+    agreement_no: str
+    state: AgreementState
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WithholdRequest:
+    """Debit the payer's account under an agreement; idempotent at the bank on ``out_trade_no``."""
+
+    out_trade_no: str
+    agreement_no: str
+    amount_minor: int
+    currency: str
+    subject: str
 
 
 # --------------------------------------------------------------------------- adapter
@@ -1248,6 +1318,77 @@ class BankDirectAdapter:
             raise NotifyInvalid(f"a {notify_type} notify: parse it with parse_notify", raw=biz)
         out_payout_no = read.text("out_payout_no")
         return PayoutNotify(notify_id=notify_id, status=self._payout_status(read, biz, out_payout_no))  # type: ignore[arg-type]
+
+    # -- withholding agreements (协议代扣)
+
+    def sign_agreement(self, request: SignRequest) -> AgreementStatus:
+        """Signs a withholding agreement for the payer's account; the bank answers its agreement number.
+
+        Idempotent on ``out_sign_no``: the same request again returns the same
+        agreement; other content under the number is refused (``out_sign_no_reused``).
+        A closed account is refused (``account_closed``).
+        """
+        biz = self._call(
+            "sign",
+            {
+                "out_sign_no": request.out_sign_no,
+                "account_number": request.account_number,
+                "account_name": request.account_name,
+                "phone": request.phone,
+            },
+        )
+        read = self._response_reader(biz)
+        self._check_echo(read, "out_sign_no", request.out_sign_no)
+        return self._agreement_status(read, biz)
+
+    def cancel_agreement(self, agreement_no: str) -> AgreementStatus:
+        """Cancels (解约) an agreement; cancelling a cancelled one answers it unchanged."""
+        biz = self._call("unsign", {"agreement_no": agreement_no})
+        read = self._response_reader(biz)
+        self._check_echo(read, "agreement_no", agreement_no)
+        return self._agreement_status(read, biz)
+
+    def withhold(self, request: WithholdRequest) -> PaymentStatus:
+        """Debits the payer under an agreement (代扣), synchronously; idempotent on ``out_trade_no``.
+
+        A debit the bank made is ``succeeded`` (the same ``out_trade_no`` again
+        answers that trade, never a second debit). A refusal is
+        ``ChannelRejected`` with the bank's code: ``insufficient_funds``,
+        ``account_closed``, ``agreement_invalid`` (cancelled or unknown) and
+        the usual parameter codes. No answer is ``ChannelUnavailable``: the
+        debit may have been made; send the same ``out_trade_no`` again to learn.
+        """
+        self._check_money(request.amount_minor, request.currency)
+        p = self.profile
+        biz = self._call(
+            "withhold",
+            {
+                "out_trade_no": request.out_trade_no,
+                "agreement_no": request.agreement_no,
+                "amount": p.amount_to_wire(request.amount_minor),
+                "currency": p.currency_codes[request.currency],
+                "subject": request.subject,
+            },
+        )
+        read = self._response_reader(biz)
+        self._check_echo(read, "out_trade_no", request.out_trade_no)
+        return PaymentStatus(
+            out_trade_no=request.out_trade_no,
+            state=read.state("trade_state", p.trade_states),  # type: ignore[arg-type]
+            amount_minor=read.amount("amount"),
+            currency=read.currency(),
+            channel_trade_no=read.text("bank_trade_no", required=False),
+            paid_at=read.time("paid_at"),
+            raw=biz,
+        )
+
+    def _agreement_status(self, read: _Reader, biz: Mapping[str, Any]) -> AgreementStatus:
+        return AgreementStatus(
+            out_sign_no=read.text("out_sign_no", required=False),
+            agreement_no=read.text("agreement_no"),  # type: ignore[arg-type]
+            state=read.state("agreement_state", self.profile.agreement_states),  # type: ignore[arg-type]
+            raw=biz,
+        )
 
     # -- internals
 

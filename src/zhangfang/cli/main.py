@@ -47,6 +47,7 @@ from zhangfang.jobs import periodic
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.cli import app as ledger_app
 from zhangfang.lending.cli import app as lending_app
+from zhangfang.mandates.cli import app as mandates_app
 from zhangfang.notify.cli import app as webhooks_app
 from zhangfang.parties.cli import app as merchants_app
 from zhangfang.parties.client_cli import app as client_app
@@ -96,6 +97,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(accounting_app, name="accounting")
 app.add_typer(recon_app, name="recon")
 app.add_typer(settlement_app, name="settlement")
+app.add_typer(mandates_app, name="mandates")
 app.add_typer(lending_app, name="lending")
 app.add_typer(demo_app, name="demo")
 app.add_typer(jobs_app, name="jobs")

@@ -19,6 +19,13 @@ Each round runs these jobs in order, each in transactions of its own:
 8. payouts  ``settlement.sync_batch_states``: each settlement batch still ``paying``
             follows its payout to ``paid`` or ``failed`` (a failed payout's amount is
             carried into the merchant's next batch by the next run).
+9. collect  the day's withholding for lending: installment periods due (and overdue ones
+            due for another try) and POS-loan periods settlements left unpaid are debited
+            under their mandates (``lending.installments.collect_due``, ``lending.pos.collect_due``).
+10. accrue  ``lending.service.accrue``: interest of loan periods fallen due and penalty on
+            overdue principal, into the ledger (once per business date per worker).
+11. mandates ``mandates.expire_due_mandates``: mandates past their end, and requests not
+            authorized in time, expire (their open debits fail, their agreements are cancelled).
 
 Where it runs: ``zhangfang jobs run`` (or ``zhangfang worker``) loops in the
 foreground until SIGTERM/SIGINT; the API server may run the same loop in a
@@ -45,7 +52,7 @@ import threading
 from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from zhangfang.accounting import chart as accounting_chart
 from zhangfang.accounting import sync as accounting_sync
@@ -53,6 +60,10 @@ from zhangfang.config import Settings, get_settings
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.jobs import queue
 from zhangfang.ledger import service as ledger
+from zhangfang.lending import installments, pos
+from zhangfang.lending import service as lending
+from zhangfang.mandates import flows as mandate_flows  # noqa: F401  (registers the mandates.* handlers)
+from zhangfang.mandates import service as mandates
 from zhangfang.notify import service as notify_service  # noqa: F401  (registers the notify.deliver handler)
 from zhangfang.parties import service as parties
 from zhangfang.payments import flows as payment_flows  # noqa: F401  (registers the payments.* handlers)
@@ -76,6 +87,9 @@ JOB_NAMES = (
     "payments_expiring",
     "nonces_pruned",
     "settlements_synced",
+    "debits_requested",
+    "loans_accrued",
+    "mandates_expired",
 )
 PAYMENT_EXPIRY_BATCH_SIZE = 500
 
@@ -162,6 +176,28 @@ def sync_settlement_batches(engine: Engine, *, now: dt.datetime | None = None) -
     return run_in_transaction(engine, lambda conn: settlement.sync_batch_states(conn, now=now))
 
 
+def request_due_debits(engine: Engine, *, today: dt.date, now: dt.datetime | None = None) -> int:
+    """Installment and POS-loan periods due by ``today`` debited under their mandates; returns how many."""
+
+    def work(conn: Connection) -> int:
+        return installments.collect_due(conn, today=today, now=now) + pos.collect_due(conn, today=today, now=now)
+
+    return run_in_transaction(engine, work)
+
+
+_accrued_through: dict[str, dt.date] = {}
+
+
+def accrue_loans(engine: Engine, *, today: dt.date, now: dt.datetime | None = None) -> int:
+    """Loans' interest and penalty recognised through ``today``, once per business date in this process."""
+    url = engine.url.render_as_string(hide_password=True)
+    if _accrued_through.get(url) == today:
+        return 0
+    touched = run_in_transaction(engine, lambda conn: lending.accrue(conn, as_of=today, now=now))
+    _accrued_through[url] = today
+    return touched
+
+
 def business_today(settings: Settings, now: dt.datetime | None = None) -> dt.date:
     """Today's date in the business time zone (Asia/Shanghai)."""
     return (now or dt.datetime.now(dt.UTC)).astimezone(ZoneInfo(settings.timezone)).date()
@@ -191,6 +227,11 @@ def run_round(
         "payments_expiring": lambda: hand_over_expired_payments(engine, now=now),
         "nonces_pruned": lambda: prune_nonces(engine, now=now),
         "settlements_synced": lambda: sync_settlement_batches(engine, now=now),
+        "debits_requested": lambda: request_due_debits(engine, today=today, now=now),
+        "loans_accrued": lambda: accrue_loans(engine, today=today, now=now),
+        "mandates_expired": lambda: run_in_transaction(
+            engine, lambda conn: mandates.expire_due_mandates(conn, settings=settings, now=now)
+        ),
     }
     counts = dict.fromkeys(JOB_NAMES, 0)
     failures: list[Exception] = []

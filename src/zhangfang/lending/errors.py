@@ -71,7 +71,14 @@ __all__ = [
     "DaysLateInvalid",
     "DaysPastDueInvalid",
     "DelinquencyThresholdsInvalid",
+    "InstallmentDebitInFlight",
     "InstallmentDueInvalid",
+    "InstallmentMandateNotActive",
+    "InstallmentModeUnknown",
+    "InstallmentPlanInvalid",
+    "InstallmentPlanKeyConflict",
+    "InstallmentPlanNotActive",
+    "InstallmentPlanNotFound",
     "LoanExposureInvalid",
     "LoanKeyConflict",
     "LoanKindUnknown",
@@ -201,9 +208,11 @@ class LoanRefDuplicate(InvalidInput):
 
 # --------------------------------------------------------------------------- loans (``lending.service``)
 # Drawdown: idempotency_key_invalid, loan_kind_unknown, settlement_share_invalid, penalty_rate_invalid,
-# the schedule's errors above, merchant_not_found, loan_key_conflict, credit_line_exceeded.
-# Repayment: repayment_source_invalid, repayment_amount_invalid, idempotency_key_invalid, loan_not_found,
-# repayment_key_conflict, loan_settled, then the ledger's (the merchant's balance is short).
+# the schedule's errors above, merchant_not_found, mandate_not_found (not the borrower's), loan_key_conflict,
+# credit_line_exceeded.
+# Repayment: repayment_source_invalid, repayment_amount_invalid, idempotency_key_invalid, as_of_date_invalid,
+# loan_not_found, repayment_key_conflict, loan_settled, then the ledger's (the merchant's balance is short).
+# Credit line, accrual, aging: as_of_date_invalid (the years 1900 to 2999), then merchant_not_found.
 
 
 class LoanNotFound(NotFound):
@@ -258,3 +267,48 @@ class LoanSettled(Conflict):
     """The loan owes nothing more: it takes no repayment."""
 
     code = "loan_settled"
+
+
+# ------------------------------------------------------------------- installment plans (``lending.installments``)
+
+
+class InstallmentPlanNotFound(NotFound):
+    """No installment plan of this merchant has this ref."""
+
+    code = "installment_plan_not_found"
+
+
+class InstallmentPlanInvalid(InvalidInput):
+    """The periods (1 to 120, due dates increasing and not past, amounts positive) or the terms to compute them."""
+
+    code = "installment_plan_invalid"
+
+
+class InstallmentModeUnknown(InvalidInput):
+    """A plan's mode is ``per_period`` (分期回款) or ``advance`` (不分期回款)."""
+
+    code = "installment_mode_unknown"
+
+
+class InstallmentMandateNotActive(Rejected):
+    """A plan debits an active mandate only."""
+
+    code = "installment_mandate_not_active"
+
+
+class InstallmentPlanKeyConflict(Conflict):
+    """The merchant's key was used for another plan."""
+
+    code = "installment_plan_key_conflict"
+
+
+class InstallmentPlanNotActive(Conflict):
+    """The plan is completed or cancelled."""
+
+    code = "installment_plan_not_active"
+
+
+class InstallmentDebitInFlight(Conflict):
+    """A period's debit is at the bank: early repayment waits for its answer."""
+
+    code = "installment_debit_in_flight"

@@ -93,6 +93,9 @@ JOB_CLOSE_ATTEMPT = "payments.close_attempt"
 JOB_REFUND = "payments.refund"
 JOB_PAYOUT = "payments.payout"
 
+# The method of orders that withholding debits pay (``create_withholding_order``): no cashier offers it.
+WITHHOLD_METHOD = "withhold"
+
 AMOUNT_MAX_MINOR = 10_000_000_000  # 100,000,000.00 in a two-decimal currency: above any channel's ceiling
 NUMBER_LENGTH_MAX = 64
 SUBJECT_LENGTH_MAX = 256
@@ -544,6 +547,64 @@ def create_order(
             payment=row.ref,
         )
     return OrderResult(order=_order_from_row(row), created=False)
+
+
+def create_withholding_order(
+    conn: Connection,
+    *,
+    merchant: Merchant,
+    out_trade_no: str,
+    amount: int,
+    currency: str,
+    subject: str,
+    user_ref: str | None,
+    expires_at: dt.datetime,
+    metadata: Mapping[str, Any] | None = None,
+    now: dt.datetime | None = None,
+) -> PaymentOrder:
+    """The order a withholding debit (协议代扣, ``mandates``) pays, idempotently on ``out_trade_no``.
+
+    An ordinary order, so settlement, reconciliation and accounting see a
+    debit like any paid order: its attempts go to the mandate's bank (through
+    ``start_attempt``) and a success is recorded by ``apply_payment_success``.
+    Its ``method`` is ``withhold``, which no cashier offers: the payer never
+    pays it by hand. It sends no webhooks of its own (the debit's do). The
+    caller (the mandates domain) has checked its input; the same number with
+    other content is a bug there, not a request to refuse.
+    """
+    now = _now(now)
+    fields = {
+        "amount": amount,
+        "currency": currency,
+        "subject": subject,
+        "description": None,
+        "user_ref": user_ref,
+        "notify_url": None,
+        "return_url": None,
+        "method": WITHHOLD_METHOD,
+        "preferred_channel": None,
+        "metadata": dict(metadata) if metadata is not None else None,
+    }
+    digest = request_digest({**fields, "expires_at": _iso(expires_at)})
+    values = {
+        "ref": ids.new_id("pay"),
+        "merchant_id": merchant.id,
+        "merchant_ref": merchant.ref,
+        "out_trade_no": out_trade_no,
+        "request_hash": digest,
+        "state": "pending",
+        "fee_rate": str(merchant.fee_rate),
+        "refunded": 0,
+        "refunding": 0,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": expires_at.astimezone(dt.UTC),
+        **fields,
+    }
+    inserted = conn.execute(_INSERT_ORDER(conn), values).first()
+    if inserted is not None:
+        return _order_from_row(inserted)
+    return find_order(conn, merchant_id=merchant.id, out_trade_no=out_trade_no)
 
 
 def enqueue_due_expiries(conn: Connection, *, now: dt.datetime | None = None, limit: int = 500) -> int:

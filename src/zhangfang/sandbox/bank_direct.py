@@ -30,9 +30,17 @@ Time: ``clock`` gives "now" for everything the bank records. Waits between
 notify retries are the profile's schedule multiplied by ``notify_delay_seconds``
 (1.0 is real time; 0.001 turns 15 s into 15 ms), and so is ``payout_settle_seconds``.
 
+- Withholding agreements (协议代扣): ``sign`` answers an agreement number
+  (idempotent on ``out_sign_no``; an account ending in ``0000``, or closed by
+  ``close_account``, is refused ``account_closed``); ``unsign`` cancels it;
+  ``withhold`` debits under an active agreement at once, idempotent on
+  ``out_trade_no``, and the debit is a trade like a paid one: queried, listed in
+  the day's bill as a ``bank_card`` payment, refundable.
+
 Test controls (plain methods): ``fail_next``, ``timeout_next``,
 ``delay_notify``, ``duplicate_notify``, ``disagree_amount``, ``pay``,
-``settle_payouts``, ``notifies_sent``, ``bill_rows`` and ``bill_file``.
+``settle_payouts``, ``withhold_next``, ``close_account``, ``agreements``,
+``notifies_sent``, ``bill_rows`` and ``bill_file``.
 Simplified against a real bank (also listed in ``docs/channels/bank_direct.md``):
 no request timestamp window or message-id replay check; refunds succeed at once
 (never ``processing``); bills are available the same day and there is no payout
@@ -136,6 +144,25 @@ class _Payout:
     def same_request(self, other: _Payout) -> bool:
         keys = ("amount_minor", "currency", "payee_account", "payee_name", "payee_bank")
         return all(getattr(self, key) == getattr(other, key) for key in keys)
+
+
+@dataclass
+class _Agreement:
+    out_sign_no: str
+    agreement_no: str
+    account_number: str
+    account_name: str
+    phone: str
+    state: str = "active"  # active | cancelled
+
+
+class _AnswerLost(Exception):
+    """The request was received (and, perhaps, carried out) but its answer never reaches the caller."""
+
+
+WITHHOLD_OUTCOMES = frozenset(
+    {"success", "insufficient_funds", "account_closed", "agreement_invalid", "timeout", "timeout_after_debit"}
+)
 
 
 @dataclass(frozen=True)
@@ -342,6 +369,10 @@ class BankSimulator:
         self._trades_by_bank_no: dict[str, _Trade] = {}
         self._refunds: dict[str, _Refund] = {}
         self._payouts: dict[str, _Payout] = {}
+        self._agreements: dict[str, _Agreement] = {}  # by agreement number
+        self._signs: dict[str, _Agreement] = {}  # by out_sign_no
+        self._closed_accounts: set[str] = set()
+        self._withhold_next: list[str] = []
         self._files: dict[str, bytes] = {}
         self._deliveries: list[NotifyDelivery] = []
         self._fail_next: list[int] = []
@@ -391,6 +422,38 @@ class BankSimulator:
         with self._lock:
             trade = self._trade(out_trade_no)
             self._complete_payment(trade, succeeded=outcome != "fail")
+
+    def withhold_next(self, *outcomes: str) -> None:
+        """The next withholding debits answer these outcomes in turn, then debits succeed again.
+
+        ``success``; ``insufficient_funds`` (a soft refusal); ``account_closed`` and
+        ``agreement_invalid`` (hard refusals); ``timeout`` (HTTP 504, nothing
+        debited) and ``timeout_after_debit`` (HTTP 504 after the debit was made:
+        the same ``out_trade_no`` sent again answers the trade).
+        """
+        unknown = set(outcomes) - WITHHOLD_OUTCOMES
+        if unknown:
+            raise ValueError(f"unknown outcomes {sorted(unknown)}; choose from {sorted(WITHHOLD_OUTCOMES)}")
+        with self._lock:
+            self._withhold_next.extend(outcomes)
+
+    def close_account(self, account_number: str) -> None:
+        """The payer's account is closed (销户): signing with it and debiting it are refused ``account_closed``."""
+        with self._lock:
+            self._closed_accounts.add(account_number)
+
+    def agreements(self) -> list[dict[str, str]]:
+        """Every agreement signed at this bank: out_sign_no, agreement_no, state and the masked account."""
+        with self._lock:
+            return [
+                {
+                    "out_sign_no": agreement.out_sign_no,
+                    "agreement_no": agreement.agreement_no,
+                    "state": agreement.state,
+                    "account": "****" + agreement.account_number[-4:],
+                }
+                for agreement in self._agreements.values()
+            ]
 
     def settle_payouts(self) -> int:
         """Completes every processing payout (fails those to accounts ending in 0000); returns how many."""
@@ -477,7 +540,10 @@ class BankSimulator:
         if delay is not None:
             await asyncio.sleep(delay)
         path = "/" + request.path_params["path"]
-        message = self._handle(path, request.headers, body, self._base(request))
+        try:
+            message = self._handle(path, request.headers, body, self._base(request))
+        except _AnswerLost:
+            return PlainTextResponse("gateway timeout", status_code=504)
         return Response(content=message.body, status_code=200, headers=dict(message.headers))
 
     def _handle(self, path: str, headers: Mapping[str, str], body: bytes, base: str) -> Any:
@@ -540,6 +606,8 @@ class BankSimulator:
                 converted[name] = p.refund_states[value]
             elif name == "payout_state":
                 converted[name] = p.payout_states[value]
+            elif name == "agreement_state":
+                converted[name] = p.agreement_states[value]
             else:
                 converted[name] = value
         return p.to_wire(converted)
@@ -678,6 +746,90 @@ class BankSimulator:
         if self.payout_settle_seconds is not None:
             self._start(self._settle_later, candidate, self.payout_settle_seconds * self.notify_delay_seconds)
         return self._payout_values(candidate)
+
+    def _op_sign(self, read: _In, base: str) -> dict[str, Any]:
+        candidate = _Agreement(
+            out_sign_no=read.text("out_sign_no"),  # type: ignore[arg-type]
+            agreement_no="",
+            account_number=read.text("account_number"),  # type: ignore[arg-type]
+            account_name=read.text("account_name"),  # type: ignore[arg-type]
+            phone=read.text("phone"),  # type: ignore[arg-type]
+        )
+        if not (candidate.account_number.isascii() and candidate.account_number.isdigit()):
+            raise _Refusal("param_invalid", "the account number must be digits")
+        existing = self._signs.get(candidate.out_sign_no)
+        if existing is not None:
+            same = (existing.account_number, existing.account_name, existing.phone) == (
+                candidate.account_number,
+                candidate.account_name,
+                candidate.phone,
+            )
+            if not same:
+                raise _Refusal("out_sign_no_reused", "out_sign_no was used for another agreement")
+            return self._agreement_values(existing)
+        if candidate.account_number in self._closed_accounts or candidate.account_number.endswith("0000"):
+            raise _Refusal("account_closed", "the account is closed (账户已销户)")
+        candidate.agreement_no = self._new_number("A")
+        self._signs[candidate.out_sign_no] = candidate
+        self._agreements[candidate.agreement_no] = candidate
+        return self._agreement_values(candidate)
+
+    def _op_unsign(self, read: _In, base: str) -> dict[str, Any]:
+        agreement = self._agreements.get(read.text("agreement_no"))  # type: ignore[arg-type]
+        if agreement is None:
+            raise _Refusal("agreement_invalid", "no such agreement")
+        agreement.state = "cancelled"
+        return self._agreement_values(agreement)
+
+    def _op_withhold(self, read: _In, base: str) -> dict[str, Any]:
+        out_trade_no, agreement_no = read.text("out_trade_no"), read.text("agreement_no")
+        amount_minor, currency, subject = read.amount("amount"), read.currency(), read.text("subject")
+        outcome = self._withhold_next.pop(0) if self._withhold_next else "success"
+        existing = self._trades.get(out_trade_no)  # type: ignore[arg-type]
+        if existing is not None:
+            if (existing.amount_minor, existing.currency) != (amount_minor, currency):
+                raise _Refusal("out_trade_no_reused", "out_trade_no was used with another amount")
+            if outcome in ("timeout", "timeout_after_debit"):
+                raise _AnswerLost()
+            return self._trade_values(existing)
+        if outcome == "timeout":
+            raise _AnswerLost()
+        agreement = self._agreements.get(agreement_no)  # type: ignore[arg-type]
+        if agreement is None or agreement.state != "active" or outcome == "agreement_invalid":
+            raise _Refusal("agreement_invalid", "the agreement is cancelled or unknown (协议无效)")
+        if agreement.account_number in self._closed_accounts or outcome == "account_closed":
+            raise _Refusal("account_closed", "the account is closed (账户已销户)")
+        if outcome == "insufficient_funds":
+            raise _Refusal("insufficient_funds", "the balance is insufficient (余额不足)")
+        bank_trade_no = self._new_number("")
+        now = self._clock()
+        trade = _Trade(
+            out_trade_no=out_trade_no,  # type: ignore[arg-type]
+            bank_trade_no=bank_trade_no,
+            amount_minor=amount_minor,
+            currency=currency,
+            subject=subject,  # type: ignore[arg-type]
+            method="bank_card",  # a withholding debit is a 快捷 payment in the bill
+            notify_url="",  # answered synchronously: no notify
+            return_url=None,
+            expires_at=None,
+            created_at=now,
+            state="succeeded",
+            paid_at=now,
+        )
+        self._trades[trade.out_trade_no] = trade
+        self._trades_by_bank_no[bank_trade_no] = trade
+        if outcome == "timeout_after_debit":
+            raise _AnswerLost()
+        return self._trade_values(trade)
+
+    def _agreement_values(self, agreement: _Agreement) -> dict[str, Any]:
+        return {
+            "merchant_id": self.merchant_id,
+            "out_sign_no": agreement.out_sign_no,
+            "agreement_no": agreement.agreement_no,
+            "agreement_state": agreement.state,
+        }
 
     def _op_payout_query(self, read: _In, base: str) -> dict[str, Any]:
         payout = self._payouts.get(read.text("out_payout_no"))  # type: ignore[arg-type]

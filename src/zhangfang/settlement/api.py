@@ -28,6 +28,7 @@ from zhangfang.api.deps import get_engine, make_admin_router
 from zhangfang.api.responses import error_doc
 from zhangfang.channels import registry as channel_registry
 from zhangfang.db.uow import run_in_transaction
+from zhangfang.lending import pos as pos_loans
 from zhangfang.settlement import service
 from zhangfang.settlement.models import PayoutAccount
 
@@ -104,7 +105,13 @@ def run(settlement_date: dt.date, channel: str | None = None, engine: Engine = D
     registry = channel_registry.installed()
     result = run_in_transaction(
         engine,
-        lambda conn: service.run_settlement(conn, settlement_date=settlement_date, registry=registry, channel=channel),
+        lambda conn: service.run_settlement(
+            conn,
+            settlement_date=settlement_date,
+            registry=registry,
+            channel=channel,
+            deduction_providers=pos_loans.settlement_deductions(),
+        ),
     )
     return result.as_json()
 

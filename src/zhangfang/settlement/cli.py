@@ -29,6 +29,7 @@ from zhangfang.channels import registry as channel_registry
 from zhangfang.cli import console, get_state, print_json
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger.cli import parse_date
+from zhangfang.lending import pos as pos_loans
 from zhangfang.payments import flows as payment_flows
 from zhangfang.settlement import errors, service
 from zhangfang.settlement.models import PayoutAccount
@@ -134,7 +135,13 @@ def run_command(
     payment_flows.install_settings(state.settings)
     result = run_in_transaction(
         state.engine,
-        lambda conn: service.run_settlement(conn, settlement_date=day, registry=registry, channel=channel),
+        lambda conn: service.run_settlement(
+            conn,
+            settlement_date=day,
+            registry=registry,
+            channel=channel,
+            deduction_providers=pos_loans.settlement_deductions(),
+        ),
     )
     if as_json:
         print_json(result.as_json())

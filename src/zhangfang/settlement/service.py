@@ -17,7 +17,8 @@ carried amount on those business dates:
    booked at payment and refund time (Dr merchant pending / Cr fee income when
    the contract charges more, the mirror when less), so the merchant's pending
    settlement balance for those dates equals the statement's net;
-3. deductions from the installed providers (none yet);
+3. deductions from the providers the caller passes (the CLI and API pass
+   ``lending.pos.settlement_deductions()``: POS-loan repayments);
 4. payable = captured - refunds - fees + fees returned - deductions + carried in;
    paid = payable, but never more than the available pending-settlement balance
    and nothing below the merchant's minimum payout; the rest is carried to the

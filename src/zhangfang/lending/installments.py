@@ -1,0 +1,685 @@
+"""Installment plans (分期): a merchant's payer repays in periods, each debited under a withholding mandate.
+
+A merchant posts a plan for one of its active mandates: either the periods
+(due date and amount each), or the terms for the platform to compute them
+(principal, annual rate, term, method — ``schedule.build_schedule``). Then:
+
+- the scheduler (``collect_due``, every worker round) debits each period on its
+  due date (Asia/Shanghai business date) through ``mandates.create_debit``
+  (purpose ``installment``); the mandate's retry policy retries soft failures;
+- a debit that fails for good makes its period ``overdue``: penalty interest
+  (罚息) accrues on its unpaid principal at the plan's daily rate, and the period
+  is debited again — amount plus penalty so far — every ``OVERDUE_RETRY_DAYS``;
+- ``repay_early`` debits every unpaid period's principal (and penalty) at once:
+  later periods' interest is waived; ``cancel`` ends the plan: periods not yet
+  at the bank are cancelled (a debit already there finishes, and counts).
+
+Merchant-side modes (who gets the money):
+
+============== =================================================================================
+``per_period`` 分期回款: each collected installment is the merchant's, paid to it by settlement like
+               any payment (a succeeded debit is a paid order).
+``advance``    不分期回款: the platform advances the principal to the merchant when the plan starts
+               (``installment_advance``: Dr installment receivable / Cr merchant balance) and
+               keeps what is collected: each settlement deducts the collected installments
+               (``InstallmentCollections``: Dr merchant balance / Cr installment receivable for
+               principal, Cr interest income for interest and penalty); the merchant bears the
+               debits' fees, as for any payment. A cancelled plan's
+               unpaid principal is returned by the merchant (``installment_return``).
+============== =================================================================================
+
+Every state change tells the merchant by webhook (``installment_plan.created``,
+``installment.paid``, ``installment.overdue``, ``installment_plan.completed``,
+``installment_plan.cancelled``) when the plan has a ``notify_url``.
+
+Guarantees
+- A plan is created once per (merchant, key); the same key with another plan is
+  ``installment_plan_key_conflict``. Its mandate belongs to the merchant and is active.
+- A period has at most one debit in flight; a period is ``paid`` once, by the debit
+  that succeeded (``collected`` = its amount + penalty at that time).
+- A plan is ``completed`` when every period is paid or cancelled by early repayment.
+- In ``advance`` mode the receivable is reduced exactly by what settlements deduct:
+  ``deducted`` <= ``collected`` per period, deducted once per settlement batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from zhangfang import ids
+from zhangfang.db.sql import request_digest
+from zhangfang.errors import ZhangfangError
+from zhangfang.ledger import service as ledger
+from zhangfang.ledger.models import AccountRequest, EntryRequest, Leg
+from zhangfang.lending import errors
+from zhangfang.lending.allocation import penalty_interest
+from zhangfang.lending.schedule import build_schedule
+from zhangfang.lending.tables import installment_plan_periods, installment_plans
+from zhangfang.mandates import service as mandates
+from zhangfang.mandates.models import Debit
+from zhangfang.notify import service as notify
+from zhangfang.parties import service as parties
+from zhangfang.payments import postings as payment_postings
+from zhangfang.settlement.models import Deduction
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+PURPOSE = "installment"
+OVERDUE_RETRY_DAYS = 3
+PERIODS_MAX = 120
+MODES = ("per_period", "advance")
+CODE_ADVANCE = "installment_advance"
+CODE_RETURN = "installment_return"
+IN_FLIGHT = ("collecting",)
+UNPAID = ("scheduled", "collecting", "overdue")
+
+
+@dataclass(frozen=True)
+class PeriodIn:
+    """A period the merchant sets: its due date and amount (minor units, all principal)."""
+
+    due_date: dt.date
+    amount: int
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """A plan for one mandate: ``periods`` given, or computed from ``principal``, ``annual_rate``,
+    ``term`` (months), ``method`` and ``start``. ``key`` makes it idempotent per merchant."""
+
+    key: str
+    mandate_ref: str
+    mode: str = "per_period"
+    periods: Sequence[PeriodIn] | None = None
+    principal: int | None = None
+    annual_rate: Decimal | str | None = None
+    term: int | None = None
+    method: str = "equal-installment"
+    start: dt.date | None = None
+    currency: str = "CNY"
+    penalty_daily_rate: Decimal | str = Decimal("0.0005")
+    notify_url: str | None = None
+
+
+def _now(now: dt.datetime | None) -> dt.datetime:
+    return now or dt.datetime.now(dt.UTC)
+
+
+def business_date(moment: dt.datetime) -> dt.date:
+    """The Asia/Shanghai date of a moment: due dates are business dates."""
+    return moment.astimezone(SHANGHAI).date()
+
+
+# --------------------------------------------------------------------------- views
+
+
+def _period_view(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "period": row.period,
+        "due_date": row.due_date.isoformat(),
+        "principal": row.principal,
+        "interest": row.interest,
+        "penalty": row.penalty,
+        "amount": row.principal + row.interest + row.penalty,
+        "state": row.state,
+        "tries": row.tries,
+        "debit": row.debit_ref,
+        "collected": row.collected,
+        "paid_at": row.paid_at.isoformat() if row.paid_at else None,
+    }
+
+
+def plan_view(conn: Connection, plan: Row[Any]) -> dict[str, Any]:
+    """The plan as merchants and operators see it, periods included."""
+    periods = _periods(conn, plan.id)
+    return {
+        "id": plan.ref,
+        "merchant": plan.merchant_ref,
+        "mandate": plan.mandate_ref,
+        "mode": plan.mode,
+        "currency": plan.currency,
+        "principal": plan.principal,
+        "annual_rate": plan.annual_rate,
+        "method": plan.method,
+        "penalty_daily_rate": plan.penalty_daily_rate,
+        "state": plan.state,
+        "advance_entry": plan.advance_entry_ref,
+        "collected": sum(row.collected for row in periods),
+        "periods": [_period_view(row) for row in periods],
+        "created_at": plan.created_at.isoformat(),
+        "finished_at": plan.finished_at.isoformat() if plan.finished_at else None,
+    }
+
+
+def _periods(conn: Connection, plan_id: int, *, lock: bool = False) -> list[Row[Any]]:
+    query = (
+        sa.select(installment_plan_periods)
+        .where(installment_plan_periods.c.plan_id == plan_id)
+        .order_by(installment_plan_periods.c.period)
+    )
+    if lock:
+        query = query.with_for_update()
+    return list(conn.execute(query))
+
+
+def _plan_row(conn: Connection, ref: Any, *, merchant_id: int | None = None, lock: bool = False) -> Row[Any]:
+    if not isinstance(ref, str) or not ids.is_valid_id(ref, "ipl"):
+        raise errors.InstallmentPlanNotFound(f"installment plan {ref!r} does not exist", field="plan")
+    query = sa.select(installment_plans).where(installment_plans.c.ref == ref)
+    if merchant_id is not None:
+        query = query.where(installment_plans.c.merchant_id == merchant_id)
+    if lock:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise errors.InstallmentPlanNotFound(f"installment plan {ref} does not exist", field="plan")
+    return row
+
+
+def get_plan(conn: Connection, *, ref: str, merchant_id: int | None = None) -> dict[str, Any]:
+    """A plan (``plan_view``); with ``merchant_id``, only that merchant's."""
+    return plan_view(conn, _plan_row(conn, ref, merchant_id=merchant_id))
+
+
+def _emit(conn: Connection, plan: Row[Any], event: str, key: str, now: dt.datetime) -> None:
+    if plan.notify_url is None:
+        return
+    notify.emit(
+        conn,
+        merchant_id=plan.merchant_id,
+        event_type=event,
+        data=plan_view(conn, plan),
+        url=plan.notify_url,
+        idempotency_key=f"{plan.ref}:{key}",
+        now=now,
+    )
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+def _receivable(merchant_ref: str, currency: str) -> AccountRequest:
+    return AccountRequest(
+        key=f"merchant:{merchant_ref}:installment_receivable{'' if currency == 'CNY' else ':' + currency}",
+        ledger_code="installment_receivable",
+        currency=currency,
+        normal_side="debit",
+        owner_ref=merchant_ref,
+    )
+
+
+def _interest_income(currency: str) -> AccountRequest:
+    return AccountRequest(
+        key=f"platform:interest_income{'' if currency == 'CNY' else ':' + currency}",
+        ledger_code="interest_income",
+        currency=currency,
+        normal_side="credit",
+        owner_ref="platform",
+    )
+
+
+def _ref(conn: Connection, request: AccountRequest, now: dt.datetime) -> str:
+    return ledger.open_account(conn, request=request, now=now)[0].ref
+
+
+def _move(conn: Connection, plan: Row[Any], code: str, key: str, legs: list[tuple[AccountRequest, str, int]], now):
+    return ledger.post_entry(
+        conn,
+        request=EntryRequest(
+            idempotency_key=key,
+            business_code=code,
+            legs=tuple(Leg(_ref(conn, account, now), side, amount, plan.currency) for account, side, amount in legs),
+            metadata={"installment_plan": plan.ref},
+        ),
+        now=now,
+    ).entry.ref
+
+
+# --------------------------------------------------------------------------- creating
+
+
+def _schedule_of(request: PlanRequest, today: dt.date) -> tuple[list[tuple[dt.date, int, int]], Decimal | None]:
+    """The periods (due date, principal, interest) the request asks for, checked."""
+    if request.periods is not None:
+        if request.principal is not None or request.annual_rate is not None or request.term is not None:
+            raise errors.InstallmentPlanInvalid("give the periods, or the terms to compute them, not both")
+        periods = list(request.periods)
+        if not 1 <= len(periods) <= PERIODS_MAX:
+            raise errors.InstallmentPlanInvalid(f"a plan has 1 to {PERIODS_MAX} periods", field="periods")
+        previous = today - dt.timedelta(days=1)
+        for index, item in enumerate(periods):
+            field = f"periods[{index}]"
+            if not isinstance(item, PeriodIn) or isinstance(item.due_date, dt.datetime):
+                raise errors.InstallmentPlanInvalid(f"{field} is a due date and an amount", field=field)
+            if isinstance(item.amount, bool) or not isinstance(item.amount, int) or item.amount < 1:
+                raise errors.InstallmentPlanInvalid(f"{field}.amount is a positive int", field=f"{field}.amount")
+            if item.due_date <= previous:
+                raise errors.InstallmentPlanInvalid(
+                    f"{field}.due_date must be after the previous period's and not in the past",
+                    field=f"{field}.due_date",
+                )
+            previous = item.due_date
+        return [(item.due_date, item.amount, 0) for item in periods], None
+    if request.principal is None or request.annual_rate is None or request.term is None:
+        raise errors.InstallmentPlanInvalid("give the periods, or principal, annual_rate and term")
+    rate = Decimal(str(request.annual_rate)) if not isinstance(request.annual_rate, float) else request.annual_rate
+    schedule = build_schedule(
+        request.principal, rate, request.term, request.method, request.start or today, currency=request.currency
+    )
+    return [(p.due_date, p.principal, p.interest) for p in schedule.periods], schedule.annual_rate
+
+
+def create_plan(
+    conn: Connection, *, merchant_id: int, request: PlanRequest, now: dt.datetime | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Create an installment plan for one of the merchant's active mandates; returns (plan, created).
+
+    In ``advance`` mode the principal is credited to the merchant's balance at once.
+    """
+    now = _now(now)
+    key = parties.check_idempotency_key(request.key)
+    if request.mode not in MODES:
+        raise errors.InstallmentModeUnknown(f"mode is per_period or advance, not {request.mode!r}", field="mode")
+    penalty_rate = request.penalty_daily_rate
+    if isinstance(penalty_rate, float) or not Decimal(str(penalty_rate)).is_finite():
+        raise errors.PenaltyRateInvalid("penalty_daily_rate is decimal text such as 0.0005", field="penalty_daily_rate")
+    penalty_rate = Decimal(str(penalty_rate))
+    if not 0 <= penalty_rate <= Decimal("0.01"):
+        raise errors.PenaltyRateInvalid("penalty_daily_rate is from 0 to 0.01", field="penalty_daily_rate")
+    notify_url = notify.check_url(request.notify_url) if request.notify_url is not None else None
+    periods, annual_rate = _schedule_of(request, business_date(now))
+    mandate = mandates.get_mandate(conn, ref=request.mandate_ref, merchant_id=merchant_id)
+    if mandate.state != "active":
+        raise errors.InstallmentMandateNotActive(
+            f"mandate {mandate.ref} is {mandate.state}; a plan needs an active mandate", field="mandate"
+        )
+    if mandate.currency != request.currency:
+        raise errors.InstallmentPlanInvalid(f"the mandate debits {mandate.currency}", field="currency")
+    principal = sum(p for _, p, _ in periods)
+    digest = request_digest(
+        {
+            "mandate": mandate.ref,
+            "mode": request.mode,
+            "currency": request.currency,
+            "periods": [[d.isoformat(), p, i] for d, p, i in periods],
+            "penalty_daily_rate": str(penalty_rate),
+            "notify_url": notify_url,
+        }
+    )
+    existing = conn.execute(
+        sa.select(installment_plans).where(
+            installment_plans.c.merchant_id == merchant_id, installment_plans.c.key == key
+        )
+    ).first()
+    if existing is not None:
+        if existing.request_hash != digest:
+            raise errors.InstallmentPlanKeyConflict(f"key {key!r} was used for another plan", field="key")
+        return plan_view(conn, existing), False
+    ref = ids.new_id("ipl")
+    plan_id = conn.execute(
+        installment_plans.insert()
+        .values(
+            ref=ref,
+            merchant_id=merchant_id,
+            merchant_ref=mandate.merchant_ref,
+            mandate_ref=mandate.ref,
+            key=key,
+            request_hash=digest,
+            mode=request.mode,
+            currency=request.currency,
+            principal=principal,
+            annual_rate=str(annual_rate) if annual_rate is not None else None,
+            method=request.method if annual_rate is not None else None,
+            penalty_daily_rate=str(penalty_rate),
+            notify_url=notify_url,
+            state="active",
+            created_at=now,
+        )
+        .returning(installment_plans.c.id)
+    ).scalar_one()
+    conn.execute(
+        installment_plan_periods.insert(),
+        [
+            {"plan_id": plan_id, "period": n, "due_date": due, "principal": p, "interest": i, "state": "scheduled"}
+            for n, (due, p, i) in enumerate(periods, start=1)
+        ],
+    )
+    plan = _plan_row(conn, ref)
+    if request.mode == "advance":
+        pending = payment_postings.merchant_pending_request(plan.merchant_ref, plan.currency)
+        entry = _move(
+            conn,
+            plan,
+            CODE_ADVANCE,
+            f"installment:{ref}:advance",
+            [(_receivable(plan.merchant_ref, plan.currency), "debit", principal), (pending, "credit", principal)],
+            now,
+        )
+        conn.execute(
+            installment_plans.update().where(installment_plans.c.id == plan_id).values(advance_entry_ref=entry)
+        )
+        plan = _plan_row(conn, ref)
+    _emit(conn, plan, "installment_plan.created", "created", now)
+    return plan_view(conn, plan), True
+
+
+# --------------------------------------------------------------------------- collecting
+
+
+def _accrue_penalty(conn: Connection, plan: Row[Any], row: Row[Any], today: dt.date) -> Row[Any]:
+    """Penalty on the period's principal for the days it has been overdue up to ``today``."""
+    start = row.penalty_through or row.due_date
+    days = (today - start).days
+    if row.state != "overdue" or days <= 0:
+        return row
+    added = penalty_interest(row.principal, Decimal(plan.penalty_daily_rate), days)
+    conn.execute(
+        installment_plan_periods.update()
+        .where(installment_plan_periods.c.id == row.id)
+        .values(penalty=row.penalty + added, penalty_through=today)
+    )
+    return conn.execute(sa.select(installment_plan_periods).where(installment_plan_periods.c.id == row.id)).one()
+
+
+def _debit(conn: Connection, plan: Row[Any], row: Row[Any], amount: int, today: dt.date, now: dt.datetime) -> str:
+    tries = row.tries + 1
+    debit = mandates.create_debit(
+        conn,
+        merchant_id=plan.merchant_id,
+        mandate_ref=plan.mandate_ref,
+        amount=amount,
+        currency=plan.currency,
+        key=f"installment:{plan.ref}:{row.period}:{tries}",
+        due_date=today,
+        purpose=PURPOSE,
+        purpose_ref=f"{plan.ref}:{row.period}",
+        now=now,
+    )
+    conn.execute(
+        installment_plan_periods.update()
+        .where(installment_plan_periods.c.id == row.id)
+        .values(state="collecting", tries=tries, debit_ref=debit.ref, next_try_on=None)
+    )
+    return debit.ref
+
+
+def collect_due(conn: Connection, *, today: dt.date, now: dt.datetime | None = None) -> int:
+    """Debit every period due by ``today`` that has no debit in flight: scheduled ones on their due date,
+    overdue ones (with their penalty) every ``OVERDUE_RETRY_DAYS``. Returns how many debits were made.
+
+    What the worker runs every round; a debit the mandate refuses (revoked, over a limit) makes the
+    period overdue rather than stopping the others.
+    """
+    now = _now(now)
+    p = installment_plan_periods.c
+    due = conn.execute(
+        sa.select(p.id, p.plan_id)
+        .join(installment_plans, installment_plans.c.id == p.plan_id)
+        .where(
+            installment_plans.c.state == "active",
+            p.due_date <= today,
+            sa.or_(p.state == "scheduled", sa.and_(p.state == "overdue", p.next_try_on <= today)),
+        )
+        .order_by(p.due_date, p.id)
+    ).all()
+    made = 0
+    for found in due:
+        plan = _plan_row(conn, _plan_ref(conn, found.plan_id), lock=True)
+        row = conn.execute(
+            sa.select(installment_plan_periods).where(installment_plan_periods.c.id == found.id).with_for_update()
+        ).one()
+        if row.state not in ("scheduled", "overdue"):
+            continue
+        row = _accrue_penalty(conn, plan, row, today)
+        amount = row.principal + row.interest + row.penalty
+        try:
+            with conn.begin_nested():
+                _debit(conn, plan, row, amount, today, now)
+            made += 1
+        except ZhangfangError as error:  # the mandate refuses (revoked, suspended, over a limit): nothing written
+            _mark_overdue(conn, plan, row, today, now, reason=error.code)
+    return made
+
+
+def _plan_ref(conn: Connection, plan_id: int) -> str:
+    return conn.execute(sa.select(installment_plans.c.ref).where(installment_plans.c.id == plan_id)).scalar_one()
+
+
+def _mark_overdue(
+    conn: Connection, plan: Row[Any], row: Row[Any], today: dt.date, now: dt.datetime, *, reason: str
+) -> None:
+    conn.execute(
+        installment_plan_periods.update()
+        .where(installment_plan_periods.c.id == row.id)
+        .values(
+            state="overdue",
+            penalty_through=row.penalty_through or row.due_date,
+            next_try_on=today + dt.timedelta(days=OVERDUE_RETRY_DAYS),
+        )
+    )
+    _emit(conn, plan, "installment.overdue", f"{row.period}:overdue:{row.tries}:{reason}", now)
+
+
+def on_debit(conn: Connection, debit: Debit) -> None:
+    """The mandates listener of ``installment`` debits: a period paid, or overdue when its debit failed."""
+    if debit.purpose_ref is None or ":" not in debit.purpose_ref:
+        return
+    plan_ref, period_text = debit.purpose_ref.rsplit(":", 1)
+    plan = _plan_row(conn, plan_ref, lock=True)
+    now = debit.finished_at or _now(None)
+    rows = {row.period: row for row in _periods(conn, plan.id, lock=True)}
+    if period_text == "early":
+        _finish_early(conn, plan, rows, debit, now)
+        return
+    row = rows.get(int(period_text))
+    if row is None or row.debit_ref != debit.ref or row.state != "collecting":
+        return  # an earlier try's late answer, or a period cancelled meanwhile
+    if debit.state == "succeeded":
+        conn.execute(
+            installment_plan_periods.update()
+            .where(installment_plan_periods.c.id == row.id)
+            .values(state="paid", collected=debit.amount, paid_at=now)
+        )
+        _emit(conn, plan, "installment.paid", f"{row.period}:paid", now)
+        _complete_if_done(conn, plan, now)
+    else:
+        _mark_overdue(conn, plan, row, business_date(now), now, reason=debit.failure_code or "failed")
+
+
+def _complete_if_done(conn: Connection, plan: Row[Any], now: dt.datetime) -> None:
+    left = conn.execute(
+        sa.select(sa.func.count()).where(
+            installment_plan_periods.c.plan_id == plan.id, installment_plan_periods.c.state.in_(UNPAID)
+        )
+    ).scalar_one()
+    if left == 0 and plan.state == "active":
+        conn.execute(
+            installment_plans.update()
+            .where(installment_plans.c.id == plan.id)
+            .values(state="completed", finished_at=now)
+        )
+        _emit(conn, _plan_row(conn, plan.ref), "installment_plan.completed", "completed", now)
+
+
+mandates.register_debit_listener(PURPOSE, on_debit)
+
+
+# --------------------------------------------------------------------------- early repayment and cancelling
+
+
+def repay_early(conn: Connection, *, ref: str, merchant_id: int | None = None, now: dt.datetime | None = None) -> str:
+    """Debit at once everything still owed: each unpaid period's principal and penalty, and the interest
+    of periods already due; later periods' interest is waived. Returns the debit's ref."""
+    now = _now(now)
+    today = business_date(now)
+    plan = _plan_row(conn, ref, merchant_id=merchant_id, lock=True)
+    if plan.state != "active":
+        raise errors.InstallmentPlanNotActive(f"plan {plan.ref} is {plan.state}", field="plan")
+    rows = _periods(conn, plan.id, lock=True)
+    if any(row.state in IN_FLIGHT for row in rows):
+        raise errors.InstallmentDebitInFlight(
+            f"plan {plan.ref} has a debit at the bank; repay early once it is answered", field="plan"
+        )
+    owed = 0
+    for row in rows:
+        if row.state in ("scheduled", "overdue"):
+            row = _accrue_penalty(conn, plan, row, today)
+            owed += row.principal + row.penalty + (row.interest if row.due_date <= today else 0)
+    debit = mandates.create_debit(
+        conn,
+        merchant_id=plan.merchant_id,
+        mandate_ref=plan.mandate_ref,
+        amount=owed,
+        currency=plan.currency,
+        key=f"installment:{plan.ref}:early",
+        due_date=today,
+        purpose=PURPOSE,
+        purpose_ref=f"{plan.ref}:early",
+        now=now,
+    )
+    conn.execute(
+        installment_plan_periods.update()
+        .where(
+            installment_plan_periods.c.plan_id == plan.id,
+            installment_plan_periods.c.state.in_(("scheduled", "overdue")),
+        )
+        .values(state="collecting", debit_ref=debit.ref)
+    )
+    return debit.ref
+
+
+def _finish_early(conn: Connection, plan: Row[Any], rows: dict[int, Row[Any]], debit: Debit, now: dt.datetime) -> None:
+    today = business_date(now)
+    for row in rows.values():
+        if row.debit_ref != debit.ref or row.state != "collecting":
+            continue
+        if debit.state == "succeeded":
+            interest = row.interest if row.due_date <= today else 0
+            conn.execute(
+                installment_plan_periods.update()
+                .where(installment_plan_periods.c.id == row.id)
+                .values(state="paid", interest=interest, collected=row.principal + interest + row.penalty, paid_at=now)
+            )
+        else:
+            state = "overdue" if row.due_date < today else "scheduled"
+            conn.execute(
+                installment_plan_periods.update().where(installment_plan_periods.c.id == row.id).values(state=state)
+            )
+    if debit.state == "succeeded":
+        _emit(conn, plan, "installment.paid", "early", now)
+        _complete_if_done(conn, plan, now)
+
+
+def cancel(conn: Connection, *, ref: str, merchant_id: int | None = None, now: dt.datetime | None = None) -> dict:
+    """End a plan: periods not at the bank are cancelled (a debit in flight finishes and counts).
+
+    In ``advance`` mode the merchant returns the principal of the cancelled periods from its balance.
+    """
+    now = _now(now)
+    plan = _plan_row(conn, ref, merchant_id=merchant_id, lock=True)
+    if plan.state != "active":
+        raise errors.InstallmentPlanNotActive(f"plan {plan.ref} is {plan.state}", field="plan")
+    rows = _periods(conn, plan.id, lock=True)
+    cancelled = [row for row in rows if row.state in ("scheduled", "overdue")]
+    conn.execute(
+        installment_plan_periods.update()
+        .where(installment_plan_periods.c.id.in_([row.id for row in cancelled]))
+        .values(state="cancelled", next_try_on=None)
+    )
+    returned = sum(row.principal for row in cancelled)
+    if plan.mode == "advance" and returned:
+        pending = payment_postings.merchant_pending_request(plan.merchant_ref, plan.currency)
+        _move(
+            conn,
+            plan,
+            CODE_RETURN,
+            f"installment:{plan.ref}:return",
+            [(pending, "debit", returned), (_receivable(plan.merchant_ref, plan.currency), "credit", returned)],
+            now,
+        )
+    conn.execute(
+        installment_plans.update().where(installment_plans.c.id == plan.id).values(state="cancelled", finished_at=now)
+    )
+    plan = _plan_row(conn, plan.ref)
+    _emit(conn, plan, "installment_plan.cancelled", "cancelled", now)
+    return plan_view(conn, plan)
+
+
+# --------------------------------------------------------------------------- advance mode: settlement deductions
+
+
+class InstallmentCollections:
+    """Settlement deductions for ``advance`` plans: what was collected for the platform leaves the merchant.
+
+    Per merchant, oldest period first: ``collected - deducted`` of each paid period, at most what is
+    available; booked as Dr merchant balance / Cr installment receivable (principal first), Cr interest
+    income (the rest), business code ``settlement``.
+    """
+
+    kind = "installment_advance"
+
+    def __init__(self) -> None:
+        self._taken: dict[str, list[tuple[int, int]]] = {}
+
+    def deductions_for(
+        self,
+        conn: Connection,
+        *,
+        merchant_id: int,
+        merchant_ref: str,
+        settlement_date: dt.date,
+        currency: str,
+        net: int,
+        available: int,
+    ) -> Sequence[Deduction]:
+        p = installment_plan_periods.c
+        rows = conn.execute(
+            sa.select(p.id, p.collected, p.deducted, installment_plans.c.ref)
+            .join(installment_plans, installment_plans.c.id == p.plan_id)
+            .where(
+                installment_plans.c.merchant_id == merchant_id,
+                installment_plans.c.mode == "advance",
+                installment_plans.c.currency == currency,
+                p.collected > p.deducted,
+            )
+            .order_by(p.paid_at, p.id)
+        ).all()
+        taken: list[Deduction] = []
+        left = available
+        for row in rows:
+            amount = min(row.collected - row.deducted, left)
+            if amount <= 0:
+                break
+            taken.append(Deduction(self.kind, f"{row.ref}:{row.id}", amount, f"分期代收 {row.ref}"))
+            left -= amount
+        return taken
+
+    def book(
+        self, conn: Connection, *, deduction: Deduction, merchant_ref: str, batch_ref: str, now: dt.datetime
+    ) -> None:
+        plan_ref, period_id = deduction.ref.rsplit(":", 1)
+        plan = _plan_row(conn, plan_ref)
+        row = conn.execute(
+            sa.select(installment_plan_periods).where(installment_plan_periods.c.id == int(period_id)).with_for_update()
+        ).one()
+        principal_left = max(row.principal - row.deducted, 0)
+        to_principal = min(deduction.amount, principal_left)
+        to_income = deduction.amount - to_principal
+        legs = [(payment_postings.merchant_pending_request(merchant_ref, plan.currency), "debit", deduction.amount)]
+        if to_principal:
+            legs.append((_receivable(merchant_ref, plan.currency), "credit", to_principal))
+        if to_income:
+            legs.append((_interest_income(plan.currency), "credit", to_income))
+        _move(conn, plan, "settlement", f"settlement:{batch_ref}:{deduction.ref}", legs, now)
+        conn.execute(
+            installment_plan_periods.update()
+            .where(installment_plan_periods.c.id == row.id)
+            .values(deducted=row.deducted + deduction.amount)
+        )
