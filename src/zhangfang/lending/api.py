@@ -27,14 +27,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from zhangfang.api.deps import get_engine, get_settings, make_admin_router
 from zhangfang.api.responses import error_doc
+from zhangfang.channels import registry as channel_registry
 from zhangfang.config import Settings
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.jobs.periodic import business_today
-from zhangfang.lending import service
+from zhangfang.lending import pos, service
 from zhangfang.lending.allocation import DEFAULT_ORDER
 from zhangfang.lending.delinquency import AgingReport
 from zhangfang.lending.models import LoanRequest
 from zhangfang.lending.schedule import DEFAULT_DAY_COUNT, Method
+from zhangfang.payments import errors as payment_errors
+from zhangfang.payments import service as payments
 
 router = make_admin_router(prefix="/v1/lending", tags=["lending"])
 
@@ -228,6 +231,32 @@ def repay(
     )
     _created_or_replayed(response, replayed=repayment.replayed)
     return repayment.as_json()
+
+
+@router.post(
+    "/loans/{loan}/cashier-order",
+    summary="An order for what the loan owes by as_of, for the merchant to pay at the cashier; its payment repays",
+    responses={
+        **LOAN_404,
+        409: error_doc("the loan is settled (loan_settled)"),
+        422: error_doc("nothing is owed by as_of (repayment_amount_invalid), or as_of_date_invalid"),
+        503: error_doc("no channel is configured (channels_not_configured)"),
+    },
+)
+def cashier_order(
+    loan: str,
+    as_of: dt.date | None = Query(default=None, description=AS_OF_DESCRIPTION),
+    engine: Engine = Depends(get_engine),
+    settings: Settings = Depends(get_settings),
+) -> dict[str, Any]:
+    day = _today(settings, as_of)
+    registry = channel_registry.installed()
+    if registry is None:
+        raise payment_errors.ChannelsNotConfigured("no payment channel is configured: set ZHANGFANG_CHANNELS_FILE")
+    order = run_in_transaction(
+        engine, lambda conn: pos.cashier_order(conn, loan_ref=loan, as_of=day, registry=registry)
+    )
+    return payments.order_view(order, public_base_url=settings.public_base_url)
 
 
 @router.get("/loans/{loan}/repayments", summary="A loan's repayments, oldest first", responses=LOAN_404)

@@ -10,8 +10,9 @@
    cover is debited from the merchant's linked account under the loan's mandate
    (协议代扣); the debit's proceeds reach the merchant's balance like any payment and
    are applied when the debit succeeds (the mandates listener ``on_debit``).
-3. **By hand**: the merchant pays what is overdue at the cashier (``repay`` with
-   source ``manual`` once its payment has landed in its balance).
+3. **By hand** (``cashier_order``): an order for what is owed, which the merchant pays
+   at the cashier like any payer; when it is paid (``payments.register_paid_listener``)
+   its proceeds repay the loan (source ``manual``).
 
 All three go through ``lending.service.repay``: one schedule, one allocation order.
 """
@@ -25,13 +26,16 @@ from decimal import ROUND_DOWN, Decimal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from zhangfang.channels.registry import ChannelRegistry
 from zhangfang.errors import ZhangfangError
-from zhangfang.lending import installments, service
+from zhangfang.lending import errors, installments, service
 from zhangfang.lending.tables import loan_installments, loans
 from zhangfang.mandates import service as mandates
 from zhangfang.mandates.models import Debit
 from zhangfang.parties import service as parties
 from zhangfang.payments import postings as payment_postings
+from zhangfang.payments import service as payments
+from zhangfang.payments.models import OrderRequest, PaymentOrder
 from zhangfang.settlement.models import Deduction
 
 DEDUCTION_KIND = "pos_loan"
@@ -203,3 +207,66 @@ def on_debit(conn: Connection, debit: Debit) -> None:
 
 
 mandates.register_debit_listener(PURPOSE, on_debit)
+
+
+# --------------------------------------------------------------------------- by hand, at the cashier
+
+ORDER_METADATA_KEY = "loan_repayment"
+
+
+def cashier_order(
+    conn: Connection,
+    *,
+    loan_ref: str,
+    as_of: dt.date,
+    registry: ChannelRegistry,
+    now: dt.datetime | None = None,
+) -> PaymentOrder:
+    """An order of the borrower for what the loan owes by ``as_of`` (grossed up for the fee), to pay at the
+    cashier; one per loan and date. Its payment repays the loan (``on_paid``)."""
+    loan = service.get_loan(conn, ref=loan_ref)
+    if loan.state != "active":
+        raise errors.LoanSettled(f"loan {loan.ref} is settled; nothing is owed", field="loan")
+    owed = service.owed(conn, loan_ref=loan.ref, as_of=as_of)
+    if owed <= 0:
+        raise errors.RepaymentAmountInvalid(f"loan {loan.ref} owes nothing due by {as_of}", field="as_of")
+    merchant = parties.get_merchant(conn, ref=loan.merchant_ref)
+    return payments.create_order(
+        conn,
+        merchant=merchant,
+        request=OrderRequest(
+            out_trade_no=f"loan-{loan.ref}-{as_of.isoformat()}",
+            amount=gross_up(owed, merchant.fee_rate),
+            currency=loan.currency,
+            subject=f"贷款还款 {loan.ref}",
+            metadata={ORDER_METADATA_KEY: loan.ref, "as_of": as_of.isoformat()},
+        ),
+        registry=registry,
+        now=now,
+    ).order
+
+
+def on_paid(conn: Connection, order: PaymentOrder) -> None:
+    """The payments listener: a paid repayment order's proceeds repay its loan."""
+    loan_ref = (order.metadata or {}).get(ORDER_METADATA_KEY)
+    if not loan_ref:
+        return
+    loan = service.get_loan(conn, ref=loan_ref)
+    # The order was priced for what was owed on its date; it settles that date's debt even if paid later.
+    as_of = dt.date.fromisoformat(order.metadata["as_of"]) if "as_of" in (order.metadata or {}) else None
+    as_of = as_of or installments.business_date(order.paid_at or dt.datetime.now(dt.UTC))
+    owed = service.owed(conn, loan_ref=loan.ref, as_of=as_of) if loan.state == "active" else 0
+    amount = min(order.amount - (order.fee or 0), owed)
+    if amount > 0:
+        service.repay(
+            conn,
+            loan_ref=loan.ref,
+            amount=amount,
+            source="manual",
+            key=f"order:{order.ref}",
+            as_of=as_of,
+            now=order.paid_at,
+        )
+
+
+payments.register_paid_listener(on_paid)

@@ -44,7 +44,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -956,7 +956,22 @@ def apply_payment_success(
     )
     _close_live_attempts(conn, order_id=order.id, except_ref=attempt_ref, now=now)
     _emit_order(conn, order, "payment.succeeded", settings, now)
+    for listener in list(_paid_listeners):
+        listener(conn, order)
     return "applied"
+
+
+# Other domains that must act when an order of theirs is paid (a loan repaid at the cashier): called in the
+# transaction that books the payment, after it is booked; they recognise their orders by ``metadata``.
+PaidListener = Callable[[Connection, PaymentOrder], None]
+_paid_listeners: list[PaidListener] = []
+
+
+def register_paid_listener(fn: PaidListener) -> PaidListener:
+    """Call ``fn(conn, order)`` whenever an order is paid (once per order, in the booking transaction)."""
+    if fn not in _paid_listeners:
+        _paid_listeners.append(fn)
+    return fn
 
 
 def _start_duplicate_refund(conn: Connection, *, order_row: Row[Any], attempt_row: Row[Any], now: dt.datetime) -> None:
