@@ -44,6 +44,7 @@ from zhangfang.errors import ZhangfangError
 from zhangfang.jobs.periodic import start_in_thread
 from zhangfang.ledger import api as ledger_api
 from zhangfang.lending import api as lending_api
+from zhangfang.lending import installments_api
 from zhangfang.mandates import api as mandates_api
 from zhangfang.notify import api as notify_api
 from zhangfang.parties import api as parties_api
@@ -330,6 +331,8 @@ def create_app(
     app.include_router(mandates_api.router)
     app.include_router(mandates_api.admin_router)
     app.include_router(lending_api.router)
+    app.include_router(installments_api.router)
+    app.include_router(installments_api.admin_router)
     app.include_router(parties_api.admin_router)
     app.include_router(parties_api.router)
     app.include_router(notify_api.admin_router)

@@ -20,6 +20,12 @@ Loans, on the database (``--database-url``; see ``lending.service``)::
     zhangfang lending aging [--as-of D] [--json]
     zhangfang lending accrue [--as-of D] [--json]         what the daily job runs; safe to repeat
 
+Installment plans (分期, ``lending.installments``; merchants create them through the API)::
+
+    zhangfang lending plans [--merchant MCH] [--state active|completed|cancelled] [--limit N] [--json]
+    zhangfang lending plan PLAN [--json]
+    zhangfang lending plan-cancel PLAN [--json]        as the operator; advance mode: the principal is returned
+
 Amounts are given in major units (``12.34``); their ``--json`` prints integer
 minor units like the other domains' commands (and the HTTP API, ``lending.api``);
 ``--as-of`` defaults to today in the business time zone.
@@ -52,13 +58,17 @@ from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import InvalidInput
 from zhangfang.jobs.periodic import business_today
 from zhangfang.ledger.cli import parse_date
-from zhangfang.lending import errors, service
+from zhangfang.lending import errors, installments, service
 from zhangfang.lending.allocation import DEFAULT_ORDER
 from zhangfang.lending.api import aging_as_json, loan_view
 from zhangfang.lending.models import Loan, LoanRequest
 from zhangfang.lending.schedule import DEFAULT_DAY_COUNT, DEFAULT_ROUNDING, Method, Schedule, build_schedule
 
-app = typer.Typer(name="lending", help="借贷 lending: loan schedules, loans, repayments, aging.", no_args_is_help=True)
+app = typer.Typer(
+    name="lending",
+    help="借贷 lending: loan schedules, loans, repayments, aging, installment plans.",
+    no_args_is_help=True,
+)
 
 _DECIMAL_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _INT_TEXT = re.compile(r"[0-9]{1,6}")
@@ -474,3 +484,97 @@ def accrue_command(ctx: typer.Context, as_of: AsOfOption = None, as_json: JsonFl
         print_json({"as_of": day.isoformat(), "loans_accrued": touched})
         return
     console().print(f"accrued through {day}: {touched} loans had something recognised")
+
+
+# --------------------------------------------------------------------------- installment plans (分期)
+
+
+def _show_plan(data: dict[str, Any]) -> None:
+    out = console()
+    currency = data["currency"]
+
+    def fmt(amount: int) -> str:
+        return money.format_minor(amount, currency)
+
+    out.print(f"plan            {data['id']} ({data['mode']}, {data['state']})")
+    out.print(f"merchant        {data['merchant']} under mandate {data['mandate']}")
+    terms = f"{fmt(data['principal'])} {currency}"
+    if data["annual_rate"] is not None:
+        terms += f" at {data['annual_rate']} a year, {data['method']}"
+    out.print(f"terms           {terms}; penalty {data['penalty_daily_rate']} a day")
+    if data["advance_entry"] is not None:
+        out.print(f"advanced by     {data['advance_entry']}")
+    out.print(f"collected       {fmt(data['collected'])}")
+    table = Table()
+    for column in ("period", "due date", "principal", "interest", "penalty", "collected", "tries", "debit", "state"):
+        table.add_column(column, justify="left" if column in ("due date", "debit", "state") else "right")
+    for item in data["periods"]:
+        table.add_row(
+            str(item["period"]),
+            item["due_date"],
+            fmt(item["principal"]),
+            fmt(item["interest"]),
+            fmt(item["penalty"]),
+            fmt(item["collected"]),
+            str(item["tries"]),
+            item["debit"] or "",
+            item["state"],
+        )
+    out.print(table)
+
+
+@app.command("plans")
+def plans_command(
+    ctx: typer.Context,
+    merchant: Annotated[str | None, typer.Option(help="Only this merchant's plans (mch_…).")] = None,
+    state: Annotated[str | None, typer.Option(help="active, completed or cancelled.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, 1 to 500.")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """分期 installment plans, newest first."""
+    found = run_in_transaction(
+        get_state(ctx).engine,
+        lambda conn: installments.list_plans(conn, merchant_ref=merchant, state=state, limit=limit),
+        readonly=True,
+    )
+    if as_json:
+        print_json(found)
+        return
+    table = Table(title=f"{len(found)} installment plans")
+    for column in ("plan", "merchant", "mandate", "mode", "principal", "collected", "periods", "paid", "state"):
+        table.add_column(column)
+    for plan in found:
+        table.add_row(
+            plan["id"],
+            plan["merchant"],
+            plan["mandate"],
+            plan["mode"],
+            money.format_minor(plan["principal"], plan["currency"]),
+            money.format_minor(plan["collected"], plan["currency"]),
+            str(len(plan["periods"])),
+            str(sum(1 for period in plan["periods"] if period["state"] == "paid")),
+            plan["state"],
+        )
+    console().print(table)
+
+
+@app.command("plan")
+def plan_command(ctx: typer.Context, plan: str, as_json: JsonFlag = False) -> None:
+    """An installment plan and its periods."""
+    data = run_in_transaction(get_state(ctx).engine, lambda conn: installments.get_plan(conn, ref=plan), readonly=True)
+    if as_json:
+        print_json(data)
+        return
+    _show_plan(data)
+
+
+@app.command("plan-cancel")
+def plan_cancel_command(ctx: typer.Context, plan: str, as_json: JsonFlag = False) -> None:
+    """Cancel an installment plan as the operator: periods not at the bank are cancelled (advance mode: the
+    merchant returns their principal from its balance)."""
+    data = run_in_transaction(get_state(ctx).engine, lambda conn: installments.cancel(conn, ref=plan))
+    if as_json:
+        print_json(data)
+        return
+    console().print(f"cancelled {data['id']}")
+    _show_plan(data)

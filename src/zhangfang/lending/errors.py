@@ -77,8 +77,10 @@ __all__ = [
     "InstallmentModeUnknown",
     "InstallmentPlanInvalid",
     "InstallmentPlanKeyConflict",
+    "InstallmentPlanLimitInvalid",
     "InstallmentPlanNotActive",
     "InstallmentPlanNotFound",
+    "InstallmentPlanStateInvalid",
     "LoanExposureInvalid",
     "LoanKeyConflict",
     "LoanKindUnknown",
@@ -270,6 +272,18 @@ class LoanSettled(Conflict):
 
 
 # ------------------------------------------------------------------- installment plans (``lending.installments``)
+# Creating a plan: idempotency_key_invalid, installment_plan_key_conflict (the key was used for another request;
+# the same request replays the first plan before any rule below is judged), installment_mode_unknown,
+# penalty_rate_invalid, webhook_url_invalid / webhook_url_must_be_https, installment_plan_invalid (periods and
+# terms given together, 1 to 120 periods, amounts, due dates increasing and not past, a first period computed
+# in the past), annual_rate_invalid and the schedule's errors above, mandate_not_found (another merchant's too),
+# installment_mandate_not_active, installment_plan_invalid (field currency: not the mandate's), then the
+# ledger's.
+# Early repayment: installment_plan_not_found, installment_plan_not_active, installment_debit_in_flight, then
+# the mandate's refusals (mandate_not_active, the limits).
+# Cancelling: installment_plan_not_found, installment_plan_not_active, then the ledger's (advance mode: the
+# merchant's balance is short of the principal to return).
+# Listing: installment_plan_state_invalid, installment_plan_limit_invalid.
 
 
 class InstallmentPlanNotFound(NotFound):
@@ -312,3 +326,15 @@ class InstallmentDebitInFlight(Conflict):
     """A period's debit is at the bank: early repayment waits for its answer."""
 
     code = "installment_debit_in_flight"
+
+
+class InstallmentPlanStateInvalid(InvalidInput):
+    """Plans are listed by state: ``active``, ``completed`` or ``cancelled``."""
+
+    code = "installment_plan_state_invalid"
+
+
+class InstallmentPlanLimitInvalid(InvalidInput):
+    """A list of plans holds 1 to ``installments.LIST_LIMIT_MAX`` plans."""
+
+    code = "installment_plan_limit_invalid"

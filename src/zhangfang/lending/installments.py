@@ -11,8 +11,11 @@ A merchant posts a plan for one of its active mandates: either the periods
   (罚息) accrues on its unpaid principal at the plan's daily rate, and the period
   is debited again — amount plus penalty so far — every ``OVERDUE_RETRY_DAYS``;
 - ``repay_early`` debits every unpaid period's principal (and penalty) at once:
-  later periods' interest is waived; ``cancel`` ends the plan: periods not yet
-  at the bank are cancelled (a debit already there finishes, and counts).
+  later periods' interest is waived (those not due on the day it is asked); if it
+  fails, the periods return to ``scheduled`` or ``overdue`` and it may be asked
+  again; ``cancel`` ends the plan: periods not yet at the bank are cancelled (a
+  debit already there finishes: it counts if it succeeds, its period is
+  cancelled too if it fails).
 
 Merchant-side modes (who gets the money):
 
@@ -34,12 +37,19 @@ Every state change tells the merchant by webhook (``installment_plan.created``,
 
 Guarantees
 - A plan is created once per (merchant, key); the same key with another plan is
-  ``installment_plan_key_conflict``. Its mandate belongs to the merchant and is active.
+  ``installment_plan_key_conflict``. The same request replays the first plan, judged
+  before any rule that depends on the day or the mandate's state. Its mandate
+  belongs to the merchant and is active when the plan is created.
+- A refused request writes nothing; a debit the mandate refuses (revoked,
+  suspended, over a limit) makes its period overdue and never stops the others.
 - A period has at most one debit in flight; a period is ``paid`` once, by the debit
   that succeeded (``collected`` = its amount + penalty at that time).
 - A plan is ``completed`` when every period is paid or cancelled by early repayment.
-- In ``advance`` mode the receivable is reduced exactly by what settlements deduct:
-  ``deducted`` <= ``collected`` per period, deducted once per settlement batch.
+- In ``advance`` mode the receivable is reduced exactly by what settlements deduct
+  and by the principal returned for cancelled periods: ``deducted`` <= ``collected``
+  per period, deducted once per settlement batch; once every period is paid and
+  deducted, or cancelled, the plan's receivable is zero.
+- An early repayment's debit amount equals the sum of what its periods collect.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -68,6 +78,7 @@ from zhangfang.mandates.models import Debit
 from zhangfang.notify import service as notify
 from zhangfang.parties import service as parties
 from zhangfang.payments import postings as payment_postings
+from zhangfang.payments.service import AMOUNT_MAX_MINOR
 from zhangfang.settlement.models import Deduction
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -79,6 +90,8 @@ CODE_ADVANCE = "installment_advance"
 CODE_RETURN = "installment_return"
 IN_FLIGHT = ("collecting",)
 UNPAID = ("scheduled", "collecting", "overdue")
+PLAN_STATES = ("active", "completed", "cancelled")
+LIST_LIMIT_MAX = 500
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,11 @@ def business_date(moment: dt.datetime) -> dt.date:
 # --------------------------------------------------------------------------- views
 
 
+def _iso(moment: dt.datetime | None) -> str | None:
+    """A moment as the API and webhooks write it: UTC, ``Z`` (as ``mandates`` views do)."""
+    return None if moment is None else moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def _period_view(row: Row[Any]) -> dict[str, Any]:
     return {
         "period": row.period,
@@ -132,7 +150,7 @@ def _period_view(row: Row[Any]) -> dict[str, Any]:
         "tries": row.tries,
         "debit": row.debit_ref,
         "collected": row.collected,
-        "paid_at": row.paid_at.isoformat() if row.paid_at else None,
+        "paid_at": _iso(row.paid_at),
     }
 
 
@@ -153,8 +171,8 @@ def plan_view(conn: Connection, plan: Row[Any]) -> dict[str, Any]:
         "advance_entry": plan.advance_entry_ref,
         "collected": sum(row.collected for row in periods),
         "periods": [_period_view(row) for row in periods],
-        "created_at": plan.created_at.isoformat(),
-        "finished_at": plan.finished_at.isoformat() if plan.finished_at else None,
+        "created_at": _iso(plan.created_at),
+        "finished_at": _iso(plan.finished_at),
     }
 
 
@@ -186,6 +204,29 @@ def _plan_row(conn: Connection, ref: Any, *, merchant_id: int | None = None, loc
 def get_plan(conn: Connection, *, ref: str, merchant_id: int | None = None) -> dict[str, Any]:
     """A plan (``plan_view``); with ``merchant_id``, only that merchant's."""
     return plan_view(conn, _plan_row(conn, ref, merchant_id=merchant_id))
+
+
+def list_plans(
+    conn: Connection,
+    *,
+    merchant_ref: str | None = None,
+    merchant_id: int | None = None,
+    state: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Plans newest first (``plan_view`` each), of one merchant and/or in one state, at most ``limit``."""
+    if state is not None and state not in PLAN_STATES:
+        raise errors.InstallmentPlanStateInvalid(f"state is one of {', '.join(PLAN_STATES)}", field="state")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIST_LIMIT_MAX:
+        raise errors.InstallmentPlanLimitInvalid(f"limit is from 1 to {LIST_LIMIT_MAX}", field="limit")
+    query = sa.select(installment_plans).order_by(installment_plans.c.id.desc()).limit(limit)
+    if merchant_ref is not None:
+        query = query.where(installment_plans.c.merchant_ref == merchant_ref)
+    if merchant_id is not None:
+        query = query.where(installment_plans.c.merchant_id == merchant_id)
+    if state is not None:
+        query = query.where(installment_plans.c.state == state)
+    return [plan_view(conn, row) for row in conn.execute(query).all()]
 
 
 def _emit(conn: Connection, plan: Row[Any], event: str, key: str, now: dt.datetime) -> None:
@@ -248,7 +289,12 @@ def _move(conn: Connection, plan: Row[Any], code: str, key: str, legs: list[tupl
 def _schedule_of(request: PlanRequest, today: dt.date) -> tuple[list[tuple[dt.date, int, int]], Decimal | None]:
     """The periods (due date, principal, interest) the request asks for, checked."""
     if request.periods is not None:
-        if request.principal is not None or request.annual_rate is not None or request.term is not None:
+        if (
+            request.principal is not None
+            or request.annual_rate is not None
+            or request.term is not None
+            or request.start is not None
+        ):
             raise errors.InstallmentPlanInvalid("give the periods, or the terms to compute them, not both")
         periods = list(request.periods)
         if not 1 <= len(periods) <= PERIODS_MAX:
@@ -256,10 +302,20 @@ def _schedule_of(request: PlanRequest, today: dt.date) -> tuple[list[tuple[dt.da
         previous = today - dt.timedelta(days=1)
         for index, item in enumerate(periods):
             field = f"periods[{index}]"
-            if not isinstance(item, PeriodIn) or isinstance(item.due_date, dt.datetime):
+            if (
+                not isinstance(item, PeriodIn)
+                or not isinstance(item.due_date, dt.date)
+                or isinstance(item.due_date, dt.datetime)
+            ):
                 raise errors.InstallmentPlanInvalid(f"{field} is a due date and an amount", field=field)
-            if isinstance(item.amount, bool) or not isinstance(item.amount, int) or item.amount < 1:
-                raise errors.InstallmentPlanInvalid(f"{field}.amount is a positive int", field=f"{field}.amount")
+            if (
+                isinstance(item.amount, bool)
+                or not isinstance(item.amount, int)
+                or not 1 <= item.amount <= AMOUNT_MAX_MINOR
+            ):
+                raise errors.InstallmentPlanInvalid(
+                    f"{field}.amount is an int from 1 to {AMOUNT_MAX_MINOR}", field=f"{field}.amount"
+                )
             if item.due_date <= previous:
                 raise errors.InstallmentPlanInvalid(
                     f"{field}.due_date must be after the previous period's and not in the past",
@@ -269,11 +325,54 @@ def _schedule_of(request: PlanRequest, today: dt.date) -> tuple[list[tuple[dt.da
         return [(item.due_date, item.amount, 0) for item in periods], None
     if request.principal is None or request.annual_rate is None or request.term is None:
         raise errors.InstallmentPlanInvalid("give the periods, or principal, annual_rate and term")
-    rate = Decimal(str(request.annual_rate)) if not isinstance(request.annual_rate, float) else request.annual_rate
+    rate: Any = request.annual_rate
+    if isinstance(rate, str):
+        try:
+            rate = Decimal(rate.strip())
+        except InvalidOperation:
+            raise errors.AnnualRateInvalid(
+                f"annual_rate is decimal text such as 0.12, not {rate!r}", field="annual_rate"
+            ) from None
+    if isinstance(request.term, int) and not isinstance(request.term, bool) and request.term > PERIODS_MAX:
+        raise errors.InstallmentPlanInvalid(f"a plan has 1 to {PERIODS_MAX} periods", field="term")
     schedule = build_schedule(
         request.principal, rate, request.term, request.method, request.start or today, currency=request.currency
     )
+    if schedule.periods[0].due_date < today:
+        raise errors.InstallmentPlanInvalid(
+            "start is so early that the first period would be due in the past", field="start"
+        )
     return [(p.due_date, p.principal, p.interest) for p in schedule.periods], schedule.annual_rate
+
+
+def _request_digest(request: PlanRequest, key: str) -> str:
+    """The hash of the request as given: what one key stands for (its replay is judged before any rule
+    that depends on the day or on the mandate's state, so a replay returns the first answer)."""
+
+    def text(value: Any) -> Any:
+        return None if value is None else str(value)
+
+    periods = None
+    if request.periods is not None:
+        periods = [
+            [text(getattr(item, "due_date", item)), text(getattr(item, "amount", None))] for item in request.periods
+        ]
+    return request_digest(
+        {
+            "key": key,
+            "mandate": text(request.mandate_ref),
+            "mode": text(request.mode),
+            "currency": text(request.currency),
+            "periods": periods,
+            "principal": text(request.principal),
+            "annual_rate": text(request.annual_rate),
+            "term": text(request.term),
+            "method": text(request.method) if request.periods is None else None,
+            "start": text(request.start),
+            "penalty_daily_rate": text(request.penalty_daily_rate),
+            "notify_url": text(request.notify_url),
+        }
+    )
 
 
 def create_plan(
@@ -281,16 +380,33 @@ def create_plan(
 ) -> tuple[dict[str, Any], bool]:
     """Create an installment plan for one of the merchant's active mandates; returns (plan, created).
 
+    The same ``key`` with the same request returns the first plan (``created`` False), even on another
+    day or after the mandate ended; with another request it is ``installment_plan_key_conflict``.
     In ``advance`` mode the principal is credited to the merchant's balance at once.
     """
     now = _now(now)
     key = parties.check_idempotency_key(request.key)
+    digest = _request_digest(request, key)
+    existing = conn.execute(
+        sa.select(installment_plans).where(
+            installment_plans.c.merchant_id == merchant_id, installment_plans.c.key == key
+        )
+    ).first()
+    if existing is not None:
+        if existing.request_hash != digest:
+            raise errors.InstallmentPlanKeyConflict(f"key {key!r} was used for another plan", field="key")
+        return plan_view(conn, existing), False
     if request.mode not in MODES:
         raise errors.InstallmentModeUnknown(f"mode is per_period or advance, not {request.mode!r}", field="mode")
-    penalty_rate = request.penalty_daily_rate
-    if isinstance(penalty_rate, float) or not Decimal(str(penalty_rate)).is_finite():
-        raise errors.PenaltyRateInvalid("penalty_daily_rate is decimal text such as 0.0005", field="penalty_daily_rate")
-    penalty_rate = Decimal(str(penalty_rate))
+    penalty_rate: Any = request.penalty_daily_rate
+    try:
+        if isinstance(penalty_rate, float) or not Decimal(str(penalty_rate).strip()).is_finite():
+            raise InvalidOperation
+    except InvalidOperation:
+        raise errors.PenaltyRateInvalid(
+            "penalty_daily_rate is decimal text such as 0.0005", field="penalty_daily_rate"
+        ) from None
+    penalty_rate = Decimal(str(penalty_rate).strip())
     if not 0 <= penalty_rate <= Decimal("0.01"):
         raise errors.PenaltyRateInvalid("penalty_daily_rate is from 0 to 0.01", field="penalty_daily_rate")
     notify_url = notify.check_url(request.notify_url) if request.notify_url is not None else None
@@ -303,25 +419,6 @@ def create_plan(
     if mandate.currency != request.currency:
         raise errors.InstallmentPlanInvalid(f"the mandate debits {mandate.currency}", field="currency")
     principal = sum(p for _, p, _ in periods)
-    digest = request_digest(
-        {
-            "mandate": mandate.ref,
-            "mode": request.mode,
-            "currency": request.currency,
-            "periods": [[d.isoformat(), p, i] for d, p, i in periods],
-            "penalty_daily_rate": str(penalty_rate),
-            "notify_url": notify_url,
-        }
-    )
-    existing = conn.execute(
-        sa.select(installment_plans).where(
-            installment_plans.c.merchant_id == merchant_id, installment_plans.c.key == key
-        )
-    ).first()
-    if existing is not None:
-        if existing.request_hash != digest:
-            raise errors.InstallmentPlanKeyConflict(f"key {key!r} was used for another plan", field="key")
-        return plan_view(conn, existing), False
     ref = ids.new_id("ipl")
     plan_id = conn.execute(
         installment_plans.insert()
@@ -431,7 +528,9 @@ def collect_due(conn: Connection, *, today: dt.date, now: dt.datetime | None = N
     ).all()
     made = 0
     for found in due:
-        plan = _plan_row(conn, _plan_ref(conn, found.plan_id), lock=True)
+        plan_ref = _plan_ref(conn, found.plan_id)
+        mandates.lock_mandate(conn, ref=_plan_row(conn, plan_ref).mandate_ref)  # the mandate first: lock order
+        plan = _plan_row(conn, plan_ref, lock=True)
         row = conn.execute(
             sa.select(installment_plan_periods).where(installment_plan_periods.c.id == found.id).with_for_update()
         ).one()
@@ -481,6 +580,9 @@ def on_debit(conn: Connection, debit: Debit) -> None:
     row = rows.get(int(period_text))
     if row is None or row.debit_ref != debit.ref or row.state != "collecting":
         return  # an earlier try's late answer, or a period cancelled meanwhile
+    if debit.state != "succeeded" and plan.state == "cancelled":
+        _cancel_periods(conn, plan, [row], f"return:{debit.ref}", now)  # the plan ended while it was at the bank
+        return
     if debit.state == "succeeded":
         conn.execute(
             installment_plan_periods.update()
@@ -519,6 +621,7 @@ def repay_early(conn: Connection, *, ref: str, merchant_id: int | None = None, n
     of periods already due; later periods' interest is waived. Returns the debit's ref."""
     now = _now(now)
     today = business_date(now)
+    mandates.lock_mandate(conn, ref=_plan_row(conn, ref, merchant_id=merchant_id).mandate_ref)  # lock order
     plan = _plan_row(conn, ref, merchant_id=merchant_id, lock=True)
     if plan.state != "active":
         raise errors.InstallmentPlanNotActive(f"plan {plan.ref} is {plan.state}", field="plan")
@@ -532,13 +635,16 @@ def repay_early(conn: Connection, *, ref: str, merchant_id: int | None = None, n
         if row.state in ("scheduled", "overdue"):
             row = _accrue_penalty(conn, plan, row, today)
             owed += row.principal + row.penalty + (row.interest if row.due_date <= today else 0)
+    # Every debit made for the plan adds to some period's tries, so their sum names this try uniquely: an
+    # early repayment that failed can be asked again (the same key would answer the failed debit).
+    tries = sum(row.tries for row in rows)
     debit = mandates.create_debit(
         conn,
         merchant_id=plan.merchant_id,
         mandate_ref=plan.mandate_ref,
         amount=owed,
         currency=plan.currency,
-        key=f"installment:{plan.ref}:early",
+        key=f"installment:{plan.ref}:early:{tries}",
         due_date=today,
         purpose=PURPOSE,
         purpose_ref=f"{plan.ref}:early",
@@ -550,27 +656,45 @@ def repay_early(conn: Connection, *, ref: str, merchant_id: int | None = None, n
             installment_plan_periods.c.plan_id == plan.id,
             installment_plan_periods.c.state.in_(("scheduled", "overdue")),
         )
-        .values(state="collecting", debit_ref=debit.ref)
+        .values(state="collecting", debit_ref=debit.ref, tries=installment_plan_periods.c.tries + 1)
     )
     return debit.ref
 
 
 def _finish_early(conn: Connection, plan: Row[Any], rows: dict[int, Row[Any]], debit: Debit, now: dt.datetime) -> None:
+    # Interest is waived for the periods not yet due when the repayment was asked (the debit's due date):
+    # what each period collects then sums to exactly the debit's amount.
+    asked_on = debit.due_date
     today = business_date(now)
-    for row in rows.values():
-        if row.debit_ref != debit.ref or row.state != "collecting":
-            continue
+    mine = [row for row in rows.values() if row.debit_ref == debit.ref and row.state == "collecting"]
+    if debit.state != "succeeded" and plan.state == "cancelled":
+        _cancel_periods(conn, plan, mine, f"return:{debit.ref}", now)
+        return
+    for row in mine:
         if debit.state == "succeeded":
-            interest = row.interest if row.due_date <= today else 0
+            interest = row.interest if row.due_date <= asked_on else 0
             conn.execute(
                 installment_plan_periods.update()
                 .where(installment_plan_periods.c.id == row.id)
                 .values(state="paid", interest=interest, collected=row.principal + interest + row.penalty, paid_at=now)
             )
-        else:
-            state = "overdue" if row.due_date < today else "scheduled"
+        elif row.due_date < today:
+            # overdue (again, or now: it fell due while the repayment was at the bank): penalty from its
+            # due date, debited again by the scheduler
             conn.execute(
-                installment_plan_periods.update().where(installment_plan_periods.c.id == row.id).values(state=state)
+                installment_plan_periods.update()
+                .where(installment_plan_periods.c.id == row.id)
+                .values(
+                    state="overdue",
+                    penalty_through=row.penalty_through or row.due_date,
+                    next_try_on=row.next_try_on or today,
+                )
+            )
+        else:
+            conn.execute(
+                installment_plan_periods.update()
+                .where(installment_plan_periods.c.id == row.id)
+                .values(state="scheduled", next_try_on=None)
             )
     if debit.state == "succeeded":
         _emit(conn, plan, "installment.paid", "early", now)
@@ -583,33 +707,41 @@ def cancel(conn: Connection, *, ref: str, merchant_id: int | None = None, now: d
     In ``advance`` mode the merchant returns the principal of the cancelled periods from its balance.
     """
     now = _now(now)
+    mandates.lock_mandate(conn, ref=_plan_row(conn, ref, merchant_id=merchant_id).mandate_ref)  # lock order
     plan = _plan_row(conn, ref, merchant_id=merchant_id, lock=True)
     if plan.state != "active":
         raise errors.InstallmentPlanNotActive(f"plan {plan.ref} is {plan.state}", field="plan")
     rows = _periods(conn, plan.id, lock=True)
-    cancelled = [row for row in rows if row.state in ("scheduled", "overdue")]
-    conn.execute(
-        installment_plan_periods.update()
-        .where(installment_plan_periods.c.id.in_([row.id for row in cancelled]))
-        .values(state="cancelled", next_try_on=None)
-    )
-    returned = sum(row.principal for row in cancelled)
-    if plan.mode == "advance" and returned:
-        pending = payment_postings.merchant_pending_request(plan.merchant_ref, plan.currency)
-        _move(
-            conn,
-            plan,
-            CODE_RETURN,
-            f"installment:{plan.ref}:return",
-            [(pending, "debit", returned), (_receivable(plan.merchant_ref, plan.currency), "credit", returned)],
-            now,
-        )
+    _cancel_periods(conn, plan, [row for row in rows if row.state in ("scheduled", "overdue")], "return", now)
     conn.execute(
         installment_plans.update().where(installment_plans.c.id == plan.id).values(state="cancelled", finished_at=now)
     )
     plan = _plan_row(conn, plan.ref)
     _emit(conn, plan, "installment_plan.cancelled", "cancelled", now)
     return plan_view(conn, plan)
+
+
+def _cancel_periods(conn: Connection, plan: Row[Any], rows: Sequence[Row[Any]], key: str, now: dt.datetime) -> None:
+    """Periods that will never be collected: cancelled; in ``advance`` mode the merchant returns their
+    principal (``installment_return``: Dr merchant balance / Cr installment receivable)."""
+    if not rows:
+        return
+    conn.execute(
+        installment_plan_periods.update()
+        .where(installment_plan_periods.c.id.in_([row.id for row in rows]))
+        .values(state="cancelled", next_try_on=None)
+    )
+    returned = sum(row.principal for row in rows)
+    if plan.mode == "advance" and returned:
+        pending = payment_postings.merchant_pending_request(plan.merchant_ref, plan.currency)
+        _move(
+            conn,
+            plan,
+            CODE_RETURN,
+            f"installment:{plan.ref}:{key}",
+            [(pending, "debit", returned), (_receivable(plan.merchant_ref, plan.currency), "credit", returned)],
+            now,
+        )
 
 
 # --------------------------------------------------------------------------- advance mode: settlement deductions

@@ -271,6 +271,16 @@ def _mandate_row(conn: Connection, *, ref: Any, merchant_id: int | None, lock: b
     return row
 
 
+def lock_mandate(conn: Connection, *, ref: str) -> None:
+    """Lock a mandate's row for the rest of the transaction.
+
+    For other domains that change their own rows and then debit under the mandate (installment
+    plans): taking the mandate first keeps the lock order every path here follows — the mandate,
+    then its debits and whatever their listeners lock — so the two never deadlock.
+    """
+    _mandate_row(conn, ref=ref, merchant_id=None, lock=True)
+
+
 def _lock_mandate_by_id(conn: Connection, mandate_id: int) -> Row[Any]:
     return conn.execute(sa.select(mandates).where(mandates.c.id == mandate_id).with_for_update()).one()
 
