@@ -14,10 +14,12 @@
 - a hold (冻结): bob's pre-authorization of 80.00 for m001, still pending
 - a posted hold: alice's pre-authorization of 60.00 for m002, captured at 45.00 (15.00 released)
 - a USD pair: custody at the Bank of China and dave's USD wallet, with a 500.00 USD top-up
+- two loan products (贷款产品, ``lending.products``): ``pos-90d``, a POS loan over 3 months at 12 % to 18 %
+  a year, and ``term-12m``, a term loan over 6 to 12 months at 8 % to 15 % (refs ``loan_product_…``: codes)
 
 Guarantees
-- Idempotent: every account and every entry has a fixed key (``demo:topup:alice``),
-  so a second load replays them all and changes nothing.
+- Idempotent: every account and every entry has a fixed key (``demo:topup:alice``), every
+  product a fixed code, so a second load replays them all and changes nothing.
 - All or nothing: the whole demo is written in one unit of work.
 """
 
@@ -32,6 +34,8 @@ from zhangfang import money
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import AccountRequest, EntryRequest, Leg
+from zhangfang.lending import products
+from zhangfang.lending.models import LoanProductRequest
 from zhangfang.payments import postings
 
 FEE_RATE = Decimal("0.006")
@@ -100,6 +104,38 @@ PAYMENTS: tuple[tuple[str, str, str, str], ...] = (
 
 # The account whose curl command ``demo load`` prints.
 SHOWCASE_ACCOUNT = "wallet_alice"
+
+# Loan products operators lend on (amounts in fen).
+LOAN_PRODUCTS: tuple[LoanProductRequest, ...] = (
+    LoanProductRequest(
+        code="pos-90d",
+        name="POS贷 90 天",
+        kind="pos",
+        annual_rate_min=Decimal("0.12"),
+        annual_rate_max=Decimal("0.18"),
+        periods_min=3,
+        periods_max=3,
+        principal_min=1_000_00,
+        principal_max=200_000_00,
+        settlement_share=Decimal("0.2"),
+        credit_ratio=Decimal("0.5"),
+        credit_lookback_days=90,
+        credit_step=100_00,
+        credit_maximum=500_000_00,
+    ),
+    LoanProductRequest(
+        code="term-12m",
+        name="经营贷 12 个月",
+        kind="term",
+        annual_rate_min=Decimal("0.08"),
+        annual_rate_max=Decimal("0.15"),
+        periods_min=6,
+        periods_max=12,
+        principal_min=10_000_00,
+        principal_max=1_000_000_00,
+        settlement_share=None,
+    ),
+)
 
 
 def load_demo(engine: Engine) -> dict[str, str]:
@@ -197,6 +233,9 @@ def _load(conn: Connection) -> dict[str, str]:
         [("usd_bank_custody", "debit", "500.00"), ("usd_wallet_dave", "credit", "500.00")],
         currency="USD",
     )
+    for request in LOAN_PRODUCTS:
+        product, _created = products.create_product(conn, request=request)
+        refs[f"loan_product_{product.code.replace('-', '_')}"] = product.code
     return refs
 
 

@@ -366,3 +366,97 @@ def test_an_as_of_date_out_of_range_is_refused(client, engine, merchant, method,
         assert (error["code"], error["field"]) == ("as_of_date_invalid", "as_of")
     assert error_of(getattr(client, method)(url, params={"as_of": "yesterday"}), 422)["code"] == "request_invalid"
     assert counts(engine) == before
+
+
+# --------------------------------------------------------------------------- loan products (贷款产品)
+
+POS_PRODUCT = {
+    "code": "pos-90d",
+    "name": "POS贷 90 天",
+    "kind": "pos",
+    "annual_rate_min": "0.12",
+    "annual_rate_max": "0.18",
+    "periods_min": 3,
+    "periods_max": 3,
+    "principal_min": 100_000,
+    "principal_max": 20_000_000,
+    "credit_ratio": "0.5",
+}
+TERM_PRODUCT = {
+    **POS_PRODUCT,
+    "code": "term-3m",
+    "name": "经营贷 3 个月",
+    "kind": "term",
+    "annual_rate_max": "0.12",
+    "settlement_share": None,
+    "credit_ratio": None,
+}
+
+
+def test_an_operator_keeps_a_product_catalogue_and_retires_a_product(client, engine):
+    created = client.post(f"{BASE}/products", json=POS_PRODUCT)
+    assert created.status_code == 201, created.text
+    product = created.json()
+    assert (product["code"], product["state"], product["settlement_share"]) == ("pos-90d", "active", "0.2")
+    assert (product["credit_ratio"], product["credit_lookback_days"], product["credit_step"]) == ("0.5", 90, 10000)
+
+    replayed = client.post(f"{BASE}/products", json={**POS_PRODUCT, "annual_rate_min": "0.120"})
+    assert (replayed.status_code, replayed.json()) == (200, product)
+    conflict = error_of(client.post(f"{BASE}/products", json={**POS_PRODUCT, "periods_max": 6}), 409)
+    assert (conflict["code"], conflict["field"]) == ("loan_product_conflict", "code")
+    refused = error_of(client.post(f"{BASE}/products", json={**POS_PRODUCT, "code": "POS/90"}), 422)
+    assert (refused["code"], refused["field"]) == ("loan_product_code_invalid", "code")
+    bounds = error_of(client.post(f"{BASE}/products", json={**TERM_PRODUCT, "annual_rate_min": "0.2"}), 422)
+    assert (bounds["code"], bounds["field"]) == ("loan_product_bounds_invalid", "annual_rate_min")
+    assert client.post(f"{BASE}/products", json=TERM_PRODUCT).status_code == 201
+
+    assert client.get(f"{BASE}/products/pos-90d").json() == product
+    assert error_of(client.get(f"{BASE}/products/nope"), 404)["code"] == "loan_product_not_found"
+    listed = client.get(f"{BASE}/products").json()["products"]
+    assert [item["code"] for item in listed] == ["pos-90d", "term-3m"]
+
+    retired = client.post(f"{BASE}/products/term-3m/retire")
+    assert retired.status_code == 200, retired.text
+    assert (retired.json()["state"], retired.json()["retired_now"]) == ("retired", True)
+    assert client.post(f"{BASE}/products/term-3m/retire").json()["retired_now"] is False
+    assert error_of(client.post(f"{BASE}/products/nope/retire"), 404)["code"] == "loan_product_not_found"
+    active = client.get(f"{BASE}/products", params={"state": "active"}).json()["products"]
+    assert [item["code"] for item in active] == ["pos-90d"]
+    assert error_of(client.get(f"{BASE}/products", params={"state": "gone"}), 422)["code"] == "request_invalid"
+
+
+def test_a_drawdown_naming_a_product_takes_its_terms_and_stays_within_its_bounds(client, engine, merchant):
+    assert client.post(f"{BASE}/products", json=TERM_PRODUCT).status_code == 201
+    body = {"key": "loan-p", "merchant": merchant, "principal": PRINCIPAL, "start": START, "product": "term-3m"}
+
+    drawn = client.post(f"{BASE}/loans", json=body)
+
+    assert drawn.status_code == 201, drawn.text
+    loan = drawn.json()
+    assert (loan["product"], loan["kind"], loan["annual_rate"], loan["periods"]) == ("term-3m", "term", "0.12", 3)
+    assert loan["settlement_share"] is None
+    # the worked loan of this file, drawn on the product's terms
+    assert [i["principal"] + i["interest"] for i in loan["installments"]] == [340022, 340022, 340023]
+    assert client.post(f"{BASE}/loans", json=body).status_code == 200
+    plain = lend(client, merchant, key="loan-plain")
+    assert plain["product"] is None
+
+    before = counts(engine)
+    for fields, status_code, code, field in (
+        ({"principal": 99_999}, 422, "loan_terms_outside_product", "principal"),
+        ({"annual_rate": "0.13"}, 422, "loan_terms_outside_product", "annual_rate"),
+        ({"periods": 6}, 422, "loan_terms_outside_product", "periods"),
+        ({"kind": "pos"}, 422, "loan_terms_outside_product", "kind"),
+        ({"method": "bullet"}, 422, "loan_terms_outside_product", "method"),
+        ({"product": "no-such"}, 404, "loan_product_not_found", "product"),
+    ):
+        error = error_of(client.post(f"{BASE}/loans", json={**body, "key": "loan-q", **fields}), status_code)
+        assert (error["code"], error["field"]) == (code, field), fields
+    # without a product, the rate and the term are required as they always were
+    missing = {key: value for key, value in loan_body(merchant, key="loan-r").items() if key != "annual_rate"}
+    assert error_of(client.post(f"{BASE}/loans", json=missing), 422)["code"] == "request_invalid"
+    assert client.post(f"{BASE}/products/term-3m/retire").status_code == 200
+    retired = error_of(client.post(f"{BASE}/loans", json={**body, "key": "loan-s"}), 422)
+    assert (retired["code"], retired["field"]) == ("loan_product_retired", "product")
+    assert counts(engine) == before
+    assert client.post(f"{BASE}/loans", json=body).json()["id"] == loan["id"]  # its loan still replays

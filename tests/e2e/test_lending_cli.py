@@ -253,3 +253,41 @@ def test_a_refused_loan_command_is_one_error_line_and_changes_nothing(db_cli, me
     after = json.loads(db_cli("lending", "show", loan["id"], "--json").stdout)
     assert after["outstanding_principal"] == 1_000_000
     assert [item["id"] for item in json.loads(db_cli("lending", "loans", "--json").stdout)] == [loan["id"]]
+
+
+# --------------------------------------------------------------------------- loan products, on a SQLite database
+
+TERM_PRODUCT = (
+    "lending", "product-create", "--code", "term-3m", "--name", "经营贷 3 个月", "--kind", "term",
+    "--annual-rate-min", "0.12", "--annual-rate-max", "0.12", "--periods-min", "3", "--periods-max", "3",
+    "--principal-min", "1000.00", "--principal-max", "200000.00", "--settlement-share", "none",
+)  # fmt: skip
+
+
+def test_an_operator_creates_a_product_lends_on_it_and_retires_it(db_cli, merchant_ref):
+    product = json.loads(db_cli(*TERM_PRODUCT, "--json").stdout)
+    assert (product["created"], product["principal_min"], product["annual_rate_max"]) == (True, 100000, "0.12")
+    assert json.loads(db_cli(*TERM_PRODUCT, "--json").stdout)["created"] is False
+    conflict = db_cli(*TERM_PRODUCT[:-2], "--settlement-share", "none", "--periods-max", "6", expect=2)
+    assert conflict.stderr.startswith("error: loan_product_conflict: ") and conflict.stderr.count("\n") == 1
+    assert "term-3m" in db_cli("lending", "products").stdout
+    assert json.loads(db_cli("lending", "product", "term-3m", "--json").stdout)["state"] == "active"
+
+    args = ("lending", "drawdown", "--merchant", merchant_ref, "--key", "loan-p", "--principal", "10000.00",
+            "--start", "2026-01-15", "--product", "term-3m")  # fmt: skip
+    loan = json.loads(db_cli(*args, "--json").stdout)
+    assert (loan["created"], loan["product"], loan["kind"], loan["periods"]) == (True, "term-3m", "term", 3)
+    assert [i["principal"] + i["interest"] for i in loan["installments"]] == [340022, 340022, 340023]
+
+    outside = db_cli(*args[:-2], "--product", "term-3m", "--annual-rate", "0.2", expect=2)
+    assert outside.stderr.startswith("error: loan_terms_outside_product: ") and outside.stderr.count("\n") == 1
+    missing = db_cli(*args[:-2], expect=2)  # no product: the rate is required as it always was
+    assert missing.stderr.startswith("error: option_required: --annual-rate")
+
+    retired = json.loads(db_cli("lending", "product-retire", "term-3m", "--json").stdout)
+    assert (retired["state"], retired["retired_now"]) == ("retired", True)
+    refused = db_cli(*args[:4], "--key", "loan-q", *args[6:], expect=2)
+    assert refused.stderr.startswith("error: loan_product_retired: ")
+    assert json.loads(db_cli(*args, "--json").stdout)["created"] is False  # its loan still replays
+    assert [item["id"] for item in json.loads(db_cli("lending", "loans", "--json").stdout)] == [loan["id"]]
+    assert json.loads(db_cli("lending", "products", "--state", "active", "--json").stdout) == []

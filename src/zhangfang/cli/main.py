@@ -199,6 +199,8 @@ def demo_load(
         )
     out = console()
     out.print(table)
+    codes = ", ".join(refs[name] for name in refs if name.startswith("loan_product_"))
+    out.print(f"Loan products: {codes} (`zhangfang lending products`)")
     out.print("Read one over the API (`zhangfang serve`):")
     url = f"http://127.0.0.1:8000/v1/ledger/accounts/{refs[demo.SHOWCASE_ACCOUNT]}"
     out.print(f'  curl -H "Authorization: Bearer $ZHANGFANG_ADMIN_API_KEY" {url}', soft_wrap=True)

@@ -13,12 +13,26 @@ Loans, on the database (``--database-url``; see ``lending.service``)::
     zhangfang lending drawdown --merchant MCH --key K --principal 10000.00 --annual-rate 0.12 --periods 12
         --start 2026-01-15 [--method M] [--day-count C] [--kind pos|term] [--currency CNY]
         [--penalty-daily-rate 0.0005] [--allocation-order penalty,fee,interest,principal]
-        [--settlement-share 0.2|none] [--mandate MDT] [--json]
+        [--settlement-share 0.2|none] [--mandate MDT] [--product CODE] [--json]
+        (with --product, a term left out is the product's: --annual-rate and --periods too when the
+        product allows a single value)
     zhangfang lending repay LOAN --amount 12.34 --source manual|withholding|settlement --key K [--as-of D] [--json]
     zhangfang lending repayments LOAN [--json]
     zhangfang lending credit-line MCH [--as-of D] [--json]
     zhangfang lending aging [--as-of D] [--json]
     zhangfang lending accrue [--as-of D] [--json]         what the daily job runs; safe to repeat
+
+Loan products (贷款产品, ``lending.products``)::
+
+    zhangfang lending products [--state active|retired] [--json]
+    zhangfang lending product CODE [--json]
+    zhangfang lending product-create --code pos-90d --name NAME --kind pos|term
+        --annual-rate-min 0.1 --annual-rate-max 0.18 --periods-min 3 --periods-max 3
+        --principal-min 1000.00 --principal-max 50000.00 [--currency CNY] [--method M] [--day-count C]
+        [--penalty-daily-rate 0.0005] [--allocation-order …] [--settlement-share 0.2|none]
+        [--credit-ratio 0.5] [--credit-lookback-days 90] [--credit-step 100.00] [--credit-maximum 1000000.00]
+        [--json]                                       idempotent on --code
+    zhangfang lending product-retire CODE [--json]     takes no new loans; its loans run on
 
 Installment plans (分期, ``lending.installments``; merchants create them through the API)::
 
@@ -58,15 +72,25 @@ from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import InvalidInput
 from zhangfang.jobs.periodic import business_today
 from zhangfang.ledger.cli import parse_date
-from zhangfang.lending import errors, installments, service
+from zhangfang.lending import errors, installments, products, service
 from zhangfang.lending.allocation import DEFAULT_ORDER
 from zhangfang.lending.api import aging_as_json, loan_view
-from zhangfang.lending.models import Loan, LoanRequest
+from zhangfang.lending.models import (
+    DEFAULT_CURRENCY,
+    DEFAULT_KIND,
+    DEFAULT_PENALTY_DAILY_RATE,
+    DEFAULT_SETTLEMENT_SHARE,
+    UNSET,
+    Loan,
+    LoanProduct,
+    LoanProductRequest,
+    LoanRequest,
+)
 from zhangfang.lending.schedule import DEFAULT_DAY_COUNT, DEFAULT_ROUNDING, Method, Schedule, build_schedule
 
 app = typer.Typer(
     name="lending",
-    help="借贷 lending: loan schedules, loans, repayments, aging, installment plans.",
+    help="借贷 lending: loan schedules, loan products, loans, repayments, aging, installment plans.",
     no_args_is_help=True,
 )
 
@@ -87,17 +111,21 @@ def _required(value: str | None, option: str) -> str:
     return value
 
 
-def _parse_rate(text: str) -> Decimal:
+def _parse_rate(text: str, option: str = "--annual-rate") -> Decimal:
     if not _DECIMAL_TEXT.fullmatch(text.strip()):
         raise errors.AnnualRateInvalid(
-            f"--annual-rate must be a decimal such as 0.12 (12 % a year), got {text!r}", field="annual_rate"
+            f"{option} must be a decimal such as 0.12 (12 % a year), got {text!r}",
+            field=option.removeprefix("--").replace("-", "_"),
         )
     return Decimal(text.strip())
 
 
-def _parse_periods(text: str) -> int:
+def _parse_periods(text: str, option: str = "--periods") -> int:
     if not _INT_TEXT.fullmatch(text.strip()):
-        raise errors.PeriodCountInvalid(f"--periods must be a whole number of months, got {text!r}", field="periods")
+        raise errors.PeriodCountInvalid(
+            f"{option} must be a whole number of months, got {text!r}",
+            field=option.removeprefix("--").replace("-", "_"),
+        )
     return int(text.strip())
 
 
@@ -208,6 +236,14 @@ def _amount(text: str, option: str, currency: str) -> int:
         raise type(error)(f"{option}: {error.message}", field=option.removeprefix("--"), **error.details) from None
 
 
+def _order(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(","))
+
+
+def _share(text: str) -> str | None:
+    return None if text.strip().lower() == "none" else text
+
+
 def _show_loan(data: dict[str, Any]) -> None:
     out = console()
     currency = data["currency"]
@@ -217,6 +253,8 @@ def _show_loan(data: dict[str, Any]) -> None:
 
     out.print(f"loan            {data['id']} ({data['kind']}, {data['state']})")
     out.print(f"merchant        {data['merchant']}")
+    if data["product"] is not None:
+        out.print(f"product         {data['product']}")
     out.print(
         f"terms           {fmt(data['principal'])} {currency} at {data['annual_rate']} a year, {data['periods']} "
         f"periods {data['method']} {data['day_count']} from {data['start_date']}"
@@ -299,54 +337,85 @@ def drawdown_command(
         str | None, typer.Option(help="Idempotency key: the same key shows the same loan (required).")
     ] = None,
     principal: Annotated[str | None, typer.Option(help="Principal in major units, e.g. 10000.00 (required).")] = None,
-    annual_rate: Annotated[str | None, typer.Option(help="Nominal annual rate, e.g. 0.12 (required).")] = None,
-    periods: Annotated[str | None, typer.Option(help="Term in months, 1 to 600 (required).")] = None,
+    annual_rate: Annotated[
+        str | None, typer.Option(help="Nominal annual rate, e.g. 0.12 (required unless the product fixes it).")
+    ] = None,
+    periods: Annotated[
+        str | None, typer.Option(help="Term in months, 1 to 600 (required unless the product fixes it).")
+    ] = None,
     start: Annotated[str | None, typer.Option(help="Disbursement date, e.g. 2026-01-15 (required).")] = None,
     method: Annotated[
-        str, typer.Option(help="equal-installment, equal-principal, interest-first or bullet.")
-    ] = Method.EQUAL_INSTALLMENT.value,
-    day_count: Annotated[str, typer.Option(help="30/360, actual/365 or actual/360.")] = DEFAULT_DAY_COUNT.value,
-    kind: Annotated[str, typer.Option(help="pos (limited by the credit line) or term.")] = LoanRequest.kind,
-    currency: Annotated[str, typer.Option(help="ISO 4217 currency.")] = LoanRequest.currency,
-    penalty_daily_rate: Annotated[str, typer.Option(help="罚息 a day on overdue principal, 0 to 0.01.")] = str(
-        LoanRequest.penalty_daily_rate
-    ),
+        str | None,
+        typer.Option(help="equal-installment, equal-principal, interest-first or bullet [default: equal-installment]."),
+    ] = None,
+    day_count: Annotated[
+        str | None, typer.Option(help=f"30/360, actual/365 or actual/360 [default: {DEFAULT_DAY_COUNT.value}].")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help=f"pos (limited by the credit line) or term [default: {DEFAULT_KIND}].")
+    ] = None,
+    currency: Annotated[str | None, typer.Option(help=f"ISO 4217 currency [default: {DEFAULT_CURRENCY}].")] = None,
+    penalty_daily_rate: Annotated[
+        str | None,
+        typer.Option(help=f"罚息 a day on overdue principal, 0 to 0.01 [default: {DEFAULT_PENALTY_DAILY_RATE}]."),
+    ] = None,
     allocation_order: Annotated[
-        str, typer.Option(help="The order repayments pay components in, comma-separated.")
-    ] = ",".join(DEFAULT_ORDER),
-    settlement_share: Annotated[str, typer.Option(help="POS: share of each settlement taken, 0 to 1, or none.")] = str(
-        LoanRequest.settlement_share
-    ),
+        str | None,
+        typer.Option(
+            help=f"The order repayments pay components in, comma-separated [default: {','.join(DEFAULT_ORDER)}]."
+        ),
+    ] = None,
+    settlement_share: Annotated[
+        str | None,
+        typer.Option(
+            help=f"POS: share of each settlement taken, 0 to 1, or none [default: {DEFAULT_SETTLEMENT_SHARE}]."
+        ),
+    ] = None,
     mandate: Annotated[str | None, typer.Option(help="Withholding mandate for due dates, mdt_….")] = None,
+    product: Annotated[
+        str | None, typer.Option(help="A loan product's code: the terms left out are the product's.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Lend to a merchant: the schedule is built and the principal credited to its balance."""
+    """Lend to a merchant: the schedule is built and the principal credited to its balance.
+
+    Without --product, the options left out take the defaults shown; with it, the product's terms.
+    """
     merchant_ref = _required(merchant, "--merchant")
     key_text = _required(key, "--key")
     principal_text = _required(principal, "--principal")
-    rate_text = _required(annual_rate, "--annual-rate")
-    periods_text = _required(periods, "--periods")
+    if product is None:
+        _required(annual_rate, "--annual-rate")
+        _required(periods, "--periods")
     start_text = _required(start, "--start")
-    money.currency(currency)
-    request = LoanRequest(
-        key=key_text,
-        merchant_ref=merchant_ref,
-        principal=_amount(principal_text, "--principal", currency),
-        annual_rate=_parse_rate(rate_text),
-        periods=_parse_periods(periods_text),
-        start=parse_date(start_text, "start"),
-        method=method,
-        day_count=day_count,
-        kind=kind,
-        currency=currency,
-        penalty_daily_rate=penalty_daily_rate,
-        allocation_order=tuple(part.strip() for part in allocation_order.split(",")),
-        settlement_share=None if settlement_share.strip().lower() == "none" else settlement_share,
-        mandate_ref=mandate,
-    )
     state = get_state(ctx)
+
+    def lend(conn: Any) -> tuple[Loan, bool]:
+        money_currency = currency
+        if money_currency is None:  # the principal is read in the product's currency
+            money_currency = products.get_product(conn, code=product).currency if product else DEFAULT_CURRENCY
+        money.currency(money_currency)
+        request = LoanRequest(
+            key=key_text,
+            merchant_ref=merchant_ref,
+            principal=_amount(principal_text, "--principal", money_currency),
+            start=parse_date(start_text, "start"),
+            annual_rate=UNSET if annual_rate is None else _parse_rate(annual_rate),
+            periods=UNSET if periods is None else _parse_periods(periods),
+            method=UNSET if method is None else method,
+            day_count=UNSET if day_count is None else day_count,
+            kind=UNSET if kind is None else kind,
+            currency=UNSET if currency is None else currency,
+            penalty_daily_rate=UNSET if penalty_daily_rate is None else penalty_daily_rate,
+            allocation_order=UNSET if allocation_order is None else _order(allocation_order),
+            settlement_share=UNSET if settlement_share is None else _share(settlement_share),
+            mandate_ref=mandate,
+            product=product,
+        )
+        return service.disburse(conn, request=request)
+
     today = business_today(state.settings)
-    loan, created = run_in_transaction(state.engine, lambda conn: service.disburse(conn, request=request))
+    loan, created = run_in_transaction(state.engine, lend)
     if as_json:
         print_json({**loan.as_json(today), "created": created})
         return
@@ -484,6 +553,165 @@ def accrue_command(ctx: typer.Context, as_of: AsOfOption = None, as_json: JsonFl
         print_json({"as_of": day.isoformat(), "loans_accrued": touched})
         return
     console().print(f"accrued through {day}: {touched} loans had something recognised")
+
+
+# --------------------------------------------------------------------------- loan products (贷款产品)
+
+
+def _show_product(data: dict[str, Any]) -> None:
+    out = console()
+    currency = data["currency"]
+
+    def fmt(amount: int) -> str:
+        return money.format_minor(amount, currency)
+
+    out.print(f"product         {data['code']} ({data['kind']}, {data['state']}): {data['name']}")
+    out.print(
+        f"bounds          {fmt(data['principal_min'])} to {fmt(data['principal_max'])} {currency}, "
+        f"{data['annual_rate_min']} to {data['annual_rate_max']} a year, {data['periods_min']} to "
+        f"{data['periods_max']} periods"
+    )
+    out.print(f"terms           {data['method']} {data['day_count']}; penalty {data['penalty_daily_rate']} a day")
+    out.print(f"order           {','.join(data['allocation_order'])}")
+    if data["kind"] == "pos":
+        out.print(f"settlement      share {data['settlement_share']}")
+        out.print(
+            f"credit line     {data['credit_ratio']} × settled volume over {data['credit_lookback_days']} days, "
+            f"in steps of {fmt(data['credit_step'])}, at most {fmt(data['credit_maximum'])}"
+        )
+
+
+def _optional_amount(text: str | None, option: str, currency: str) -> int | None:
+    return None if text is None else _amount(text, option, currency)
+
+
+@app.command("products")
+def products_command(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="active or retired.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """贷款产品 the loan product catalogue, by code."""
+    found: list[LoanProduct] = run_in_transaction(
+        get_state(ctx).engine, lambda conn: products.list_products(conn, state=state), readonly=True
+    )
+    if as_json:
+        print_json([product.as_json() for product in found])
+        return
+    table = Table(title=f"{len(found)} loan products")
+    for column in ("code", "name", "kind", "principal", "rate", "periods", "method", "state"):
+        table.add_column(column)
+    for product in found:
+        fmt = money.format_minor
+        table.add_row(
+            product.code,
+            product.name,
+            product.kind,
+            f"{fmt(product.principal_min, product.currency)} to {fmt(product.principal_max, product.currency)}",
+            f"{product.annual_rate_min} to {product.annual_rate_max}",
+            f"{product.periods_min} to {product.periods_max}",
+            str(product.method),
+            product.state,
+        )
+    console().print(table)
+
+
+@app.command("product")
+def product_command(ctx: typer.Context, code: str, as_json: JsonFlag = False) -> None:
+    """A loan product: its fixed terms and its bounds."""
+    product = run_in_transaction(
+        get_state(ctx).engine, lambda conn: products.get_product(conn, code=code), readonly=True
+    )
+    if as_json:
+        print_json(product.as_json())
+        return
+    _show_product(product.as_json())
+
+
+@app.command("product-create")
+def product_create_command(
+    ctx: typer.Context,
+    code: Annotated[str | None, typer.Option(help="URL-safe name, e.g. pos-90d (required).")] = None,
+    name: Annotated[str | None, typer.Option(help="For people (required).")] = None,
+    kind: Annotated[str | None, typer.Option(help="pos or term (required).")] = None,
+    annual_rate_min: Annotated[str | None, typer.Option(help="Lowest annual rate, e.g. 0.1 (required).")] = None,
+    annual_rate_max: Annotated[str | None, typer.Option(help="Highest annual rate, e.g. 0.18 (required).")] = None,
+    periods_min: Annotated[str | None, typer.Option(help="Shortest term in months (required).")] = None,
+    periods_max: Annotated[str | None, typer.Option(help="Longest term in months (required).")] = None,
+    principal_min: Annotated[str | None, typer.Option(help="Smallest loan in major units (required).")] = None,
+    principal_max: Annotated[str | None, typer.Option(help="Largest loan in major units (required).")] = None,
+    currency: Annotated[str, typer.Option(help="ISO 4217 currency.")] = DEFAULT_CURRENCY,
+    method: Annotated[
+        str, typer.Option(help="equal-installment, equal-principal, interest-first or bullet.")
+    ] = Method.EQUAL_INSTALLMENT.value,
+    day_count: Annotated[str, typer.Option(help="30/360, actual/365 or actual/360.")] = DEFAULT_DAY_COUNT.value,
+    penalty_daily_rate: Annotated[str, typer.Option(help="罚息 a day on overdue principal, 0 to 0.01.")] = str(
+        DEFAULT_PENALTY_DAILY_RATE
+    ),
+    allocation_order: Annotated[
+        str, typer.Option(help="The order repayments pay components in, comma-separated.")
+    ] = ",".join(DEFAULT_ORDER),
+    settlement_share: Annotated[str, typer.Option(help="POS: share of each settlement taken, 0 to 1, or none.")] = str(
+        DEFAULT_SETTLEMENT_SHARE
+    ),
+    credit_ratio: Annotated[str | None, typer.Option(help="POS: credit line = ratio × settled volume [0.5].")] = None,
+    credit_lookback_days: Annotated[str | None, typer.Option(help="POS: days of settled volume counted [90].")] = None,
+    credit_step: Annotated[
+        str | None, typer.Option(help="POS: the line's rounding step, major units [100.00].")
+    ] = None,
+    credit_maximum: Annotated[str | None, typer.Option(help="POS: the line's cap, major units [1000000.00].")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a loan product to the catalogue (idempotent on --code: the same definition shows the product)."""
+    money.currency(currency)
+    lookback = None
+    if credit_lookback_days is not None:
+        if not _INT_TEXT.fullmatch(credit_lookback_days.strip()):
+            raise errors.CreditPolicyInvalid(
+                f"--credit-lookback-days must be a whole number of days, got {credit_lookback_days!r}",
+                field="credit_lookback_days",
+            )
+        lookback = int(credit_lookback_days.strip())
+    request = LoanProductRequest(
+        code=_required(code, "--code"),
+        name=_required(name, "--name"),
+        kind=_required(kind, "--kind"),
+        annual_rate_min=_parse_rate(_required(annual_rate_min, "--annual-rate-min"), "--annual-rate-min"),
+        annual_rate_max=_parse_rate(_required(annual_rate_max, "--annual-rate-max"), "--annual-rate-max"),
+        periods_min=_parse_periods(_required(periods_min, "--periods-min"), "--periods-min"),
+        periods_max=_parse_periods(_required(periods_max, "--periods-max"), "--periods-max"),
+        principal_min=_amount(_required(principal_min, "--principal-min"), "--principal-min", currency),
+        principal_max=_amount(_required(principal_max, "--principal-max"), "--principal-max", currency),
+        currency=currency,
+        method=method,
+        day_count=day_count,
+        penalty_daily_rate=penalty_daily_rate,
+        allocation_order=_order(allocation_order),
+        settlement_share=_share(settlement_share),
+        credit_ratio=credit_ratio,
+        credit_lookback_days=lookback,
+        credit_step=_optional_amount(credit_step, "--credit-step", currency),
+        credit_maximum=_optional_amount(credit_maximum, "--credit-maximum", currency),
+    )
+    product, created = run_in_transaction(
+        get_state(ctx).engine, lambda conn: products.create_product(conn, request=request)
+    )
+    if as_json:
+        print_json({**product.as_json(), "created": created})
+        return
+    console().print("created" if created else "the code replays the same product; nothing was written")
+    _show_product(product.as_json())
+
+
+@app.command("product-retire")
+def product_retire_command(ctx: typer.Context, code: str, as_json: JsonFlag = False) -> None:
+    """Retire a loan product: it takes no new loans; its loans run on (retiring again changes nothing)."""
+    product, retired = run_in_transaction(get_state(ctx).engine, lambda conn: products.retire_product(conn, code=code))
+    if as_json:
+        print_json({**product.as_json(), "retired_now": retired})
+        return
+    console().print(f"retired {product.code}" if retired else f"{product.code} was already retired")
+    _show_product(product.as_json())
 
 
 # --------------------------------------------------------------------------- installment plans (分期)

@@ -67,6 +67,7 @@ __all__ = [
     "AnnualRateInvalid",
     "AsOfDateInvalid",
     "CreditLineExceeded",
+    "CreditPolicyInvalid",
     "DayCountUnknown",
     "DaysLateInvalid",
     "DaysPastDueInvalid",
@@ -86,8 +87,17 @@ __all__ = [
     "LoanKindUnknown",
     "LoanNotFound",
     "LoanPrincipalTooLarge",
+    "LoanProductBoundsInvalid",
+    "LoanProductCodeInvalid",
+    "LoanProductConflict",
+    "LoanProductNameInvalid",
+    "LoanProductNotFound",
+    "LoanProductRetired",
+    "LoanProductStateInvalid",
     "LoanRefDuplicate",
     "LoanSettled",
+    "LoanTermRequired",
+    "LoanTermsOutsideProduct",
     "OverdueAmountInvalid",
     "PenaltyRateInvalid",
     "PeriodCountInvalid",
@@ -209,8 +219,12 @@ class LoanRefDuplicate(InvalidInput):
 
 
 # --------------------------------------------------------------------------- loans (``lending.service``)
-# Drawdown: idempotency_key_invalid, loan_kind_unknown, settlement_share_invalid, penalty_rate_invalid,
-# the schedule's errors above, merchant_not_found, mandate_not_found (not the borrower's), loan_key_conflict,
+# Drawdown: idempotency_key_invalid, loan_product_not_found (a product named), loan_term_required (annual_rate,
+# then periods: neither given nor fixed by the product), loan_kind_unknown, settlement_share_invalid,
+# penalty_rate_invalid, the schedule's errors above, allocation_order_invalid, loan_terms_outside_product (in
+# the order kind, currency, principal, annual_rate, periods, method, day_count, penalty_daily_rate,
+# allocation_order, settlement_share), merchant_not_found, mandate_not_found (not the borrower's),
+# loan_key_conflict (the same request replays its loan, the product retired or not), loan_product_retired,
 # credit_line_exceeded.
 # Repayment: repayment_source_invalid, repayment_amount_invalid, idempotency_key_invalid, as_of_date_invalid,
 # loan_not_found, repayment_key_conflict, loan_settled, then the ledger's (the merchant's balance is short).
@@ -269,6 +283,79 @@ class LoanSettled(Conflict):
     """The loan owes nothing more: it takes no repayment."""
 
     code = "loan_settled"
+
+
+# --------------------------------------------------------------------------- loan products (``lending.products``)
+# Creating a product: loan_product_code_invalid, loan_product_name_invalid, loan_kind_unknown, currency_unknown,
+# amortization_method_unknown, day_count_unknown, annual_rate_invalid (min, then max), period_count_invalid
+# (min, then max), amount_must_be_integer / amount_must_be_positive / loan_principal_too_large (principal_min,
+# then principal_max), loan_product_bounds_invalid (annual_rate, periods, principal: a min above its max),
+# penalty_rate_invalid, allocation_order_invalid, settlement_share_invalid, credit_policy_invalid (ratio,
+# lookback_days, step, maximum), then loan_product_conflict (the code holds another definition; the same one
+# replays, whatever the product's state).
+# Reading and retiring: loan_product_not_found. Listing: loan_product_state_invalid.
+
+
+class LoanProductCodeInvalid(InvalidInput):
+    """A product code is 1 to 40 of a-z, 0-9, ``-`` and ``_``, starting with a letter or digit (``pos-90d``)."""
+
+    code = "loan_product_code_invalid"
+
+
+class LoanProductNameInvalid(InvalidInput):
+    """A product name is 1 to 100 characters of text, not only spaces."""
+
+    code = "loan_product_name_invalid"
+
+
+class LoanProductBoundsInvalid(InvalidInput):
+    """A product's minimum rate, period count or principal is above its maximum."""
+
+    code = "loan_product_bounds_invalid"
+
+
+class CreditPolicyInvalid(InvalidInput):
+    """A POS product's credit policy: ratio decimal text from 0 to 10, lookback 1 to 3660 days, step >= 1 and
+    maximum >= 0 in minor units, both at most ``schedule.PRINCIPAL_MINOR_MAX``."""
+
+    code = "credit_policy_invalid"
+
+
+class LoanProductConflict(Conflict):
+    """The product code is taken by another definition: a product never changes once created."""
+
+    code = "loan_product_conflict"
+
+
+class LoanProductNotFound(NotFound):
+    """No loan product has this code."""
+
+    code = "loan_product_not_found"
+
+
+class LoanProductRetired(Rejected):
+    """The product is retired: it takes no new loans (its loans run on)."""
+
+    code = "loan_product_retired"
+
+
+class LoanProductStateInvalid(InvalidInput):
+    """Products are listed by state: ``active`` or ``retired``."""
+
+    code = "loan_product_state_invalid"
+
+
+class LoanTermRequired(InvalidInput):
+    """A drawdown gives ``annual_rate`` and ``periods``, unless its product allows a single value of the term."""
+
+    code = "loan_term_required"
+
+
+class LoanTermsOutsideProduct(Rejected):
+    """A drawdown's term outside its product: a rate, period count or principal beyond the product's bounds, or
+    another kind, currency, method, day count, penalty rate, allocation order or settlement share than its own."""
+
+    code = "loan_terms_outside_product"
 
 
 # ------------------------------------------------------------------- installment plans (``lending.installments``)

@@ -5,13 +5,30 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 from zhangfang.lending.allocation import DEFAULT_ORDER, Component
 from zhangfang.lending.schedule import DEFAULT_DAY_COUNT, DayCount, Method
 
+# The terms of a drawdown that neither the request nor a product gives.
+DEFAULT_METHOD = Method.EQUAL_INSTALLMENT
+DEFAULT_KIND = "pos"
+DEFAULT_CURRENCY = "CNY"
+DEFAULT_PENALTY_DAILY_RATE = Decimal("0.0005")  # 万分之五 a day, a common contractual 罚息 rate
+DEFAULT_SETTLEMENT_SHARE = Decimal("0.2")
 
-@dataclass(frozen=True)
+
+class Unset(Enum):
+    """The type of ``UNSET``: a drawdown term the request leaves out."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
 class LoanRequest:
     """A drawdown: the merchant borrows ``principal`` (minor units) on these terms, once per ``key``.
 
@@ -19,22 +36,29 @@ class LoanRequest:
     first from its settlements (``settlement_share`` of each); ``term`` is a plain
     amortized loan. ``mandate_ref``: the withholding mandate (协议代扣) used on due
     dates for what settlements did not cover.
+
+    ``product``: a loan product's code (``lending.products``). A term left ``UNSET`` is
+    the product's (``annual_rate`` and ``periods`` only when the product allows a single
+    value); without a product it is the ``DEFAULT_…`` above (``DEFAULT_ORDER``,
+    ``DEFAULT_DAY_COUNT``), and ``annual_rate`` and ``periods`` must be given.
+    ``settlement_share=None`` (not ``UNSET``) means a POS loan takes no share of settlements.
     """
 
     key: str
     merchant_ref: str
     principal: int
-    annual_rate: Decimal | str
-    periods: int
     start: dt.date
-    method: Method | str = Method.EQUAL_INSTALLMENT
-    day_count: DayCount | str = DEFAULT_DAY_COUNT
-    kind: str = "pos"
-    currency: str = "CNY"
-    penalty_daily_rate: Decimal | str = Decimal("0.0005")  # 万分之五 a day, a common contractual 罚息 rate
-    allocation_order: tuple[Component | str, ...] = DEFAULT_ORDER
-    settlement_share: Decimal | str | None = Decimal("0.2")
+    annual_rate: Decimal | str | Unset = UNSET
+    periods: int | Unset = UNSET
+    method: Method | str | Unset = UNSET
+    day_count: DayCount | str | Unset = UNSET
+    kind: str | Unset = UNSET
+    currency: str | Unset = UNSET
+    penalty_daily_rate: Decimal | str | Unset = UNSET
+    allocation_order: tuple[Component | str, ...] | Unset = UNSET
+    settlement_share: Decimal | str | Unset | None = UNSET
     mandate_ref: str | None = None
+    product: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,89 @@ class CreditPolicy:
     lookback_days: int = 90
     step: int = 100_00
     maximum: int = 1_000_000_00
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoanProductRequest:
+    """A loan product (贷款产品) to add to the catalogue: the terms and bounds drawdowns naming it lend on.
+
+    ``code``: its URL-safe name (``pos-90d``), unique. Rates are decimal text, amounts ``int``
+    minor units. ``settlement_share`` and the ``credit_…`` fields are a POS product's (a ``term``
+    product has none: they are ignored); a ``credit_…`` field left ``None`` is ``CreditPolicy``'s default.
+    """
+
+    code: str
+    name: str
+    kind: str
+    annual_rate_min: Decimal | str
+    annual_rate_max: Decimal | str
+    periods_min: int
+    periods_max: int
+    principal_min: int
+    principal_max: int
+    currency: str = DEFAULT_CURRENCY
+    method: Method | str = DEFAULT_METHOD
+    day_count: DayCount | str = DEFAULT_DAY_COUNT
+    penalty_daily_rate: Decimal | str = DEFAULT_PENALTY_DAILY_RATE
+    allocation_order: tuple[Component | str, ...] = DEFAULT_ORDER
+    settlement_share: Decimal | str | None = DEFAULT_SETTLEMENT_SHARE
+    credit_ratio: Decimal | str | None = None
+    credit_lookback_days: int | None = None
+    credit_step: int | None = None
+    credit_maximum: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoanProduct:
+    """A product of the catalogue, as stored; ``state`` ``active`` or ``retired`` (takes no new loans)."""
+
+    code: str
+    name: str
+    kind: str
+    currency: str
+    method: Method
+    day_count: DayCount
+    annual_rate_min: Decimal
+    annual_rate_max: Decimal
+    periods_min: int
+    periods_max: int
+    principal_min: int
+    principal_max: int
+    penalty_daily_rate: Decimal
+    allocation_order: tuple[Component, ...]
+    settlement_share: Decimal | None
+    credit_policy: CreditPolicy | None
+    state: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON types (amounts in minor units, rates as decimal strings)."""
+        policy = self.credit_policy
+        return {
+            "code": self.code,
+            "name": self.name,
+            "kind": self.kind,
+            "currency": self.currency,
+            "method": str(self.method),
+            "day_count": str(self.day_count),
+            "annual_rate_min": str(self.annual_rate_min),
+            "annual_rate_max": str(self.annual_rate_max),
+            "periods_min": self.periods_min,
+            "periods_max": self.periods_max,
+            "principal_min": self.principal_min,
+            "principal_max": self.principal_max,
+            "penalty_daily_rate": str(self.penalty_daily_rate),
+            "allocation_order": [str(c) for c in self.allocation_order],
+            "settlement_share": str(self.settlement_share) if self.settlement_share is not None else None,
+            "credit_ratio": str(policy.ratio) if policy else None,
+            "credit_lookback_days": policy.lookback_days if policy else None,
+            "credit_step": policy.step if policy else None,
+            "credit_maximum": policy.maximum if policy else None,
+            "state": self.state,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
 
 
 @dataclass(frozen=True)
@@ -123,6 +230,7 @@ class Loan:
     disbursement_entry_ref: str
     created_at: dt.datetime
     settled_at: dt.datetime | None
+    product_code: str | None = None
     installments: tuple[Installment, ...] = field(default=())
 
     @property
@@ -146,6 +254,7 @@ class Loan:
             "allocation_order": [str(c) for c in self.allocation_order],
             "settlement_share": str(self.settlement_share) if self.settlement_share is not None else None,
             "mandate": self.mandate_ref,
+            "product": self.product_code,
             "state": self.state,
             "disbursement_entry": self.disbursement_entry_ref,
             "outstanding_principal": self.outstanding_principal,

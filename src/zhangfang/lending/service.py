@@ -32,6 +32,9 @@ through the same allocation (``allocation.allocate_repayment``, the loan's order
 Guarantees
 - A drawdown is idempotent per (merchant, key); the same key with other terms is
   ``loan_key_conflict``. A POS drawdown never exceeds the credit line's available amount.
+- A drawdown naming a loan product (``lending.products``) lends on the product's terms and within
+  its bounds, and never on a retired product; one without a product lends exactly as before
+  (its request hash leaves the product out).
 - A repayment is idempotent per (loan, key). It takes at most what is owed: the part of a
   repayment beyond everything owed (``overpayment``) is neither applied nor taken. A
   prepayment that clears a later period's principal waives that period's interest (the money
@@ -57,7 +60,7 @@ from zhangfang import ids
 from zhangfang.db.sql import request_digest
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import AccountRequest, EntryRequest, Leg
-from zhangfang.lending import errors
+from zhangfang.lending import errors, products
 from zhangfang.lending.allocation import Component, InstallmentDue, allocate_repayment, penalty_interest
 from zhangfang.lending.delinquency import AgingReport, LoanExposure, aging_report
 from zhangfang.lending.models import CreditLine, CreditPolicy, Installment, Loan, LoanRequest, Repayment
@@ -164,6 +167,7 @@ def _loan_of(row: Row[Any], installments: Sequence[Any]) -> Loan:
         disbursement_entry_ref=row.disbursement_entry_ref,
         created_at=row.created_at,
         settled_at=row.settled_at,
+        product_code=row.product_code,
         installments=tuple(_installment_of(item) for item in installments),
     )
 
@@ -280,16 +284,22 @@ def disburse(
     conn: Connection,
     *,
     request: LoanRequest,
-    policy: CreditPolicy = CreditPolicy(),
+    policy: CreditPolicy | None = None,
     now: dt.datetime | None = None,
 ) -> tuple[Loan, bool]:
     """Lend to a merchant: the schedule is built, the principal credited to its balance; returns (loan, created).
 
     Idempotent per (merchant, key). A POS loan is refused (``credit_line_exceeded``) beyond the
-    credit line's available amount on ``request.start``.
+    credit line's available amount on ``request.start``, under ``policy``: by default its product's
+    credit policy, or ``CreditPolicy()`` without a product. ``request.product`` names a loan product
+    whose terms fill in what the request leaves out and bound what it gives (``lending.products``).
     """
     now = _now(now)
     key = parties.check_idempotency_key(request.key)
+    product = None
+    if request.product is not None:
+        product = products.product_for_drawdown(conn, code=request.product)
+    request = products.fill_terms(request, product)
     kind = _check_kind(request.kind)
     share = None
     if kind == "pos" and request.settlement_share is not None:  # a term loan is not repaid from settlement
@@ -310,31 +320,50 @@ def disburse(
     )
     allocate_repayment(1, (), order=request.allocation_order)  # refuses an order not the four components once each
     order = tuple(Component(c) for c in request.allocation_order)
+    if product is not None:
+        assert isinstance(request.periods, int)  # checked by build_schedule
+        products.check_terms(
+            product,
+            kind=kind,
+            currency=schedule.currency,
+            principal=schedule.principal_minor,
+            annual_rate=schedule.annual_rate,
+            periods=request.periods,
+            method=schedule.method,
+            day_count=schedule.day_count,
+            penalty_daily_rate=penalty_rate,
+            allocation_order=order,
+            settlement_share=share,
+        )
     merchant = parties.get_merchant(conn, ref=request.merchant_ref)
     if request.mandate_ref is not None:
         # the mandate must be one of the borrower's own: its debits are what withholding repays with
         mandates.get_mandate(conn, ref=request.mandate_ref, merchant_id=merchant.id)
-    digest = request_digest(
-        {
-            "kind": kind,
-            "principal": schedule.principal_minor,
-            "annual_rate": str(schedule.annual_rate),
-            "periods": len(schedule.periods),
-            "method": str(schedule.method),
-            "day_count": str(schedule.day_count),
-            "start": schedule.start.isoformat(),
-            "currency": schedule.currency,
-            "penalty_daily_rate": str(penalty_rate),
-            "order": [str(c) for c in order],
-            "settlement_share": str(share) if share is not None else None,
-            "mandate": request.mandate_ref,
-        }
-    )
+    terms: dict[str, Any] = {
+        "principal": schedule.principal_minor,
+        "annual_rate": str(schedule.annual_rate),
+        "periods": len(schedule.periods),
+        "method": str(schedule.method),
+        "day_count": str(schedule.day_count),
+        "start": schedule.start.isoformat(),
+        "currency": schedule.currency,
+        "penalty_daily_rate": str(penalty_rate),
+        "order": [str(c) for c in order],
+        "settlement_share": str(share) if share is not None else None,
+        "mandate": request.mandate_ref,
+    }
+    if product is not None:  # a drawdown without a product hashes as it always did
+        terms["product"] = product.code
+    digest = request_digest(terms)
     existing = conn.execute(sa.select(loans).where(loans.c.merchant_id == merchant.id, loans.c.key == key)).first()
     if existing is not None:
         if existing.request_hash != digest:
             raise errors.LoanKeyConflict(f"key {key!r} was used for another loan ({existing.ref})", field="key")
         return _loan_of(existing, _installment_rows(conn, existing.id)), False
+    if product is not None and product.state != "active":
+        raise errors.LoanProductRetired(f"loan product {product.code} is retired", field="product")
+    if policy is None:
+        policy = product.credit_policy if product is not None and product.credit_policy else CreditPolicy()
     if kind == "pos":
         line = credit_line(conn, merchant_ref=merchant.ref, as_of=schedule.start, policy=policy)
         if schedule.principal_minor > line.available:
@@ -379,6 +408,7 @@ def disburse(
             allocation_order=",".join(str(c) for c in order),
             settlement_share=str(share) if share is not None else None,
             mandate_ref=request.mandate_ref,
+            product_code=product.code if product is not None else None,
             state="active",
             disbursement_entry_ref=entry.ref,
             created_at=now,

@@ -1,7 +1,11 @@
-"""Lending storage: loans, their installments (the schedule as rows) and repayments.
+"""Lending storage: loan products, loans, their installments (the schedule as rows) and repayments.
 
 Guarantees the database enforces on its own, beside the service's checks:
 
+- ``loan_products``: one product per ``code``; state ``active`` or ``retired``; kind ``pos`` or
+  ``term``; 1 <= ``principal_min`` <= ``principal_max``; 1 <= ``periods_min`` <= ``periods_max`` <= 600;
+  a ``pos`` product has its four ``credit_…`` columns, a ``term`` product none of them and no
+  ``settlement_share``. (Rates are text: ``annual_rate_min <= annual_rate_max`` is the service's check.)
 - ``loans``: one loan per (merchant, key) — a drawdown is idempotent on the
   merchant's key; principal > 0; state ``active`` or ``settled``.
 - ``loan_installments``: one row per (loan, period); every amount >= 0 and no
@@ -14,6 +18,11 @@ Guarantees the database enforces on its own, beside the service's checks:
 Columns
 - Amounts are integers of the currency's minor unit; rates are ``Decimal`` text.
 - ``loans.kind``: ``pos`` (POS贷, repaid from settlement first) or ``term``.
+- ``loans.product_code``: the product the loan was drawn on (``loan_products.code``, kept as text), or
+  null; the loan keeps its own copy of every term, so a product retired later changes nothing of it.
+- ``loan_products.credit_…``: a POS product's credit policy (``models.CreditPolicy``): ``credit_ratio``
+  (decimal text) × settled volume over ``credit_lookback_days``, rounded down to ``credit_step`` and
+  capped at ``credit_maximum`` (minor units).
 - ``loans.allocation_order``: the components in order, comma-separated
   (``penalty,fee,interest,principal``).
 - ``loan_repayments.source``: ``settlement``, ``withholding`` or ``manual``;
@@ -30,6 +39,48 @@ from zhangfang.db.types import UtcDateTime
 LOAN_STATES = ("active", "settled")
 LOAN_KINDS = ("pos", "term")
 REPAYMENT_SOURCES = ("settlement", "withholding", "manual")
+PRODUCT_STATES = ("active", "retired")
+
+loan_products = sa.Table(
+    "loan_products",
+    metadata,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("code", sa.String(40), nullable=False, unique=True, comment="URL-safe name, pos-90d"),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False, comment="the definition: the same code replays it"),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("method", sa.String(24), nullable=False),
+    sa.Column("day_count", sa.String(16), nullable=False),
+    sa.Column("annual_rate_min", sa.String(16), nullable=False),
+    sa.Column("annual_rate_max", sa.String(16), nullable=False),
+    sa.Column("periods_min", sa.Integer, nullable=False),
+    sa.Column("periods_max", sa.Integer, nullable=False),
+    sa.Column("principal_min", sa.BigInteger, nullable=False),
+    sa.Column("principal_max", sa.BigInteger, nullable=False),
+    sa.Column("penalty_daily_rate", sa.String(16), nullable=False),
+    sa.Column("allocation_order", sa.String(40), nullable=False),
+    sa.Column("settlement_share", sa.String(16), nullable=True, comment="POS: share of each settlement taken"),
+    sa.Column("credit_ratio", sa.String(16), nullable=True, comment="POS: credit line = ratio × settled volume"),
+    sa.Column("credit_lookback_days", sa.Integer, nullable=True),
+    sa.Column("credit_step", sa.BigInteger, nullable=True),
+    sa.Column("credit_maximum", sa.BigInteger, nullable=True),
+    sa.Column("state", sa.String(10), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(f"state IN {PRODUCT_STATES}", name="ck_loan_products_state"),
+    sa.CheckConstraint(f"kind IN {LOAN_KINDS}", name="ck_loan_products_kind"),
+    sa.CheckConstraint("principal_min >= 1 AND principal_min <= principal_max", name="ck_loan_products_principal"),
+    sa.CheckConstraint(
+        "periods_min >= 1 AND periods_min <= periods_max AND periods_max <= 600", name="ck_loan_products_periods"
+    ),
+    sa.CheckConstraint(
+        "(kind = 'pos' AND credit_ratio IS NOT NULL AND credit_lookback_days >= 1 AND credit_step >= 1"
+        " AND credit_maximum >= 0) OR (kind = 'term' AND settlement_share IS NULL AND credit_ratio IS NULL"
+        " AND credit_lookback_days IS NULL AND credit_step IS NULL AND credit_maximum IS NULL)",
+        name="ck_loan_products_credit_policy",
+    ),
+)
 
 loans = sa.Table(
     "loans",
@@ -52,6 +103,7 @@ loans = sa.Table(
     sa.Column("allocation_order", sa.String(40), nullable=False),
     sa.Column("settlement_share", sa.String(16), nullable=True, comment="POS: share of each settlement taken"),
     sa.Column("mandate_ref", sa.String(40), nullable=True, comment="withholding mandate for due dates"),
+    sa.Column("product_code", sa.String(40), nullable=True, comment="the loan product drawn on, if any"),
     sa.Column("state", sa.String(10), nullable=False),
     sa.Column("disbursement_entry_ref", sa.String(40), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
