@@ -9,8 +9,9 @@ Figures (each a line ``{"name", "value", "unit", "database", ...}``):
   business day (written by the bulk path: ``COPY`` on PostgreSQL, ``executemany`` on SQLite), and
   the channel's bill of that day as a WeChat Pay ALL trade bill (backtick-prefixed CSV with its
   summary), with ``--differ`` of its lines made to disagree (half an amount, half a status).
-- ``recon_import``: ``recon.service.import_bill`` of the file (streamed: parsed line by line,
-  written in batches), in bill lines per second.
+- ``recon_import``: ``recon.service.import_bill`` of the file (streamed: read 64 KiB at a time,
+  plain detail rows parsed a column at a time, written in batches while the next is parsed), in
+  bill lines per second.
 - ``recon_match``: ``recon.service.run`` for the day, in bill lines per second.
 - ``recon_end_to_end``: both, lines per second of their total; the issue's target is 100,000.
 - ``recon_memory``: the peak resident memory of the process that imported and matched (a fresh

@@ -31,7 +31,7 @@ from zhangfang.money import (
     is_known_currency,
     parse_amount,
 )
-from zhangfang.recon.importers.models import LineError, ParseTotals, StatementLine
+from zhangfang.recon.importers.models import LineBatch, LineError, ParseTotals, StatementLine
 
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")  # no daylight saving since 1991
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -39,6 +39,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _SPOOL_BYTES_MAX = 16 << 20
 _BEIJING_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 _TWO_DECIMALS = re.compile(r"-?[0-9]{1,16}\.[0-9]{2}")
+# A column of amounts, one a line, each ``_TWO_DECIMALS`` or empty: what reads as ``int(text.replace(".", ""))``.
+_TWO_DECIMALS_LINES = re.compile(r"(?:-?[0-9]{1,16}\.[0-9]{2})?(?:\n(?:-?[0-9]{1,16}\.[0-9]{2})?)*")
 
 
 class SourceUnreadable(Exception):
@@ -154,25 +156,89 @@ class TextLines:
         """Whether a record on lines ``first`` to ``last`` has undecodable bytes."""
         return bool(self.bad) and any(line_no in self.bad for line_no in range(first, last + 1))
 
-    def __iter__(self) -> Iterator[str]:
+    def blocks(self) -> Iterator[str]:
+        """The text as it is decoded, one chunk at a time, cut after its last ``\\n`` (the file's last line may
+        end without one); concatenated, the blocks are the whole text."""
         pending = ""
         count = 0
         while True:
             chunk = self._stream.read(1 << 16)
             text = pending + self._decoder.decode(chunk, final=not chunk)
-            parts = text.split("\n")
-            pending = parts.pop()  # after the last line end: an unfinished line, waiting for the next chunk
-            if "\ufffd" in text:
+            cut = text.rfind("\n") + 1
+            block, pending = text[:cut], text[cut:]  # after the last line end: an unfinished line, waiting
+            if "\ufffd" in block:
+                parts = block.split("\n")
                 self.bad.update(count + 1 + i for i, part in enumerate(parts) if "\ufffd" in part)
-            for part in parts:
-                yield part + "\n"
-            count += len(parts)
+            count += block.count("\n")
+            if block:
+                yield block
             if not chunk:
                 if pending:
                     if "\ufffd" in pending:
                         self.bad.add(count + 1)
                     yield pending
                 return
+
+    def __iter__(self) -> Iterator[str]:
+        for block in self.blocks():
+            parts = block.split("\n")
+            last = parts.pop()  # "" after a block's final line end; the file's unended last line otherwise
+            for part in parts:
+                yield part + "\n"
+            if last:
+                yield last
+
+
+class BlockLines:
+    """The lines of a ``TextLines`` one by one, or, between blocks, a whole block at once (``take_block``).
+
+    A parser reads the lines it must look at one by one and hands a block of plain detail rows to a
+    bulk path; ``line_no`` is the number of lines handed out so far, either way.
+    """
+
+    def __init__(self, lines: TextLines) -> None:
+        self._blocks = lines.blocks()
+        self._lines: list[str] = []
+        self._next = 0
+        self.line_no = 0
+
+    @property
+    def at_block_end(self) -> bool:
+        """No line of the current block is left."""
+        return self._next >= len(self._lines)
+
+    def take_block(self) -> str | None:
+        """The next block whole (None at the end of the text); only at a block end."""
+        assert self.at_block_end
+        block = next(self._blocks, None)
+        if block is not None:
+            self.line_no += block.count("\n") + (not block.endswith("\n"))
+        return block
+
+    def give_back(self, block: str) -> None:
+        """Puts a block ``take_block`` returned back, to be read line by line."""
+        assert self.at_block_end
+        self.line_no -= block.count("\n") + (not block.endswith("\n"))
+        self._open(block)
+
+    def _open(self, block: str) -> None:
+        parts = block.split("\n")
+        last = parts.pop()
+        self._lines = [part + "\n" for part in parts]
+        if last:
+            self._lines.append(last)
+        self._next = 0
+
+    def __iter__(self) -> BlockLines:
+        return self
+
+    def __next__(self) -> str:
+        while self._next >= len(self._lines):
+            self._open(next(self._blocks))  # StopIteration at the end of the text
+        line = self._lines[self._next]
+        self._next += 1
+        self.line_no += 1
+        return line
 
 
 def text_lines(stream: BinaryIO, encoding: str) -> TextLines:
@@ -200,19 +266,18 @@ class _Feed:
 
 
 def records(
-    lines: Iterable[str], delimiter: str = ",", *, prefix: str = ""
+    lines: Iterable[str], delimiter: str = ",", *, prefix: str = "", line_no: int = 0
 ) -> Iterator[tuple[int, int, list[str] | str]]:
     """``(first line, last line, values)`` per CSV record; ``values`` is the reason when it cannot be read.
 
     A line without a quote is split at the delimiter (what ``csv`` would do, in
     one C call); a line with a quote goes through ``csv``, which takes further
     lines while a quoted value runs on. ``prefix`` (WeChat Pay's backtick) is
-    taken off the front of every value that has it.
+    taken off the front of every value that has it. ``line_no`` is the number of lines before ``lines``.
     """
     source = iter(lines)
     feed = _Feed(source)
     reader = csv.reader(feed, delimiter=delimiter)
-    line_no = 0
     for line in source:
         line_no += 1
         if '"' not in line:
@@ -338,3 +403,62 @@ class Parser(abc.ABC):
     @abc.abstractmethod
     def items(self) -> Iterator[StatementLine | LineError]:
         """The file's lines and errors, in file order."""
+
+    def chunks(self) -> Iterator[LineBatch | StatementLine | LineError]:
+        """``items()``, with stretches of accepted lines given as one ``LineBatch`` where the format has a
+        bulk path (the same records either way)."""
+        return self.items()
+
+
+class BlockParser(Parser):
+    """A text format read through ``read_blocks``: record by record (``_record``), and a whole block of
+    plain detail rows at a time where ``_bulk`` takes it; ``items()`` gives the batches' lines one by one."""
+
+    stopped = False  # set by ``_record`` when nothing after this record can be read (a header refused)
+
+    def items(self) -> Iterator[StatementLine | LineError]:
+        for chunk in self.chunks():
+            if type(chunk) is LineBatch:
+                yield from chunk.lines()
+            else:
+                yield chunk  # type: ignore[misc]
+
+    @abc.abstractmethod
+    def chunks(self) -> Iterator[LineBatch | StatementLine | LineError]:
+        """The file's records, stretches of plain detail rows as one ``LineBatch`` each."""
+
+    def read_blocks(self, lines: TextLines, *, prefix: str = "") -> Iterator[LineBatch | StatementLine | LineError]:
+        """The records of ``lines``: a block at a time through ``_bulk`` where it takes the block, else
+        record by record through ``_record`` up to the end of that block (or of the record running past it)."""
+        feed = BlockLines(lines)
+        while True:
+            if feed.at_block_end:
+                first = feed.line_no + 1
+                block = feed.take_block()
+                if block is None:
+                    return
+                batch = self._bulk(first, block)
+                if batch is not None:
+                    self.line_no = feed.line_no
+                    yield batch
+                    continue
+                feed.give_back(block)
+            for start, end, row in records(feed, prefix=prefix, line_no=feed.line_no):
+                item = self._record(start, end, row, lines)
+                if item is not None:
+                    yield item
+                if self.stopped:
+                    return
+                if feed.at_block_end:
+                    break
+            else:
+                return
+
+    def _bulk(self, first: int, block: str) -> LineBatch | None:
+        """The records of ``block`` (whole lines, the first numbered ``first``) as one batch, when they are
+        all plain detail rows; None sends the block record by record."""
+        return None
+
+    def _record(self, start: int, end: int, row: list[str] | str, lines: TextLines) -> StatementLine | LineError | None:
+        """One record (lines ``start`` to ``end``; ``row`` its values, or why it cannot be read)."""
+        raise NotImplementedError  # pragma: no cover - only formats that call read_blocks give it

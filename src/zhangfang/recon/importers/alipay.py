@@ -31,20 +31,23 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
+from itertools import repeat
 
 from zhangfang.recon.importers._common import (
+    _TWO_DECIMALS_LINES,
     BadValue,
-    Parser,
+    BlockParser,
     SourceUnreadable,
+    TextLines,
+    _exponent,
     amount_minor,
     beijing_time,
     fee_minor,
     mismatch,
-    records,
     text_lines,
     unwrap,
 )
-from zhangfang.recon.importers.models import BillSummary, LineError, StatementLine
+from zhangfang.recon.importers.models import BillSummary, LineBatch, LineError, StatementLine
 
 ENCODING = "gb18030"  # a superset of GBK: every GBK file decodes the same
 HEADER_FIRST = "支付宝交易号"
@@ -75,54 +78,160 @@ def pick_detail_member(names: list[str]) -> str:
     raise SourceUnreadable(f"the zip archive holds no single …_业务明细.csv file: {names[:5]}")
 
 
-class AlipayParser(Parser):
-    def items(self) -> Iterator[StatementLine | LineError]:
+class AlipayParser(BlockParser):
+    def chunks(self) -> Iterator[LineBatch | StatementLine | LineError]:
+        """The bill's records; a block of plain detail rows (about 64 KiB of text) goes through ``_bulk``
+        a column at a time, anything else record by record through ``_record``: the same records."""
         lines = text_lines(unwrap(self.stream, pick_detail_member), ENCODING)
         self._index: dict[str, int] | None = None
         self._width = 0
         self._counted = {"payment": [0, 0], "refund": [0, 0]}  # kind → [count, 商家实收 as written]
-        ended_at: int | None = None
-        trade_total: tuple[int, re.Match[str]] | None = None
-        refund_total: tuple[int, re.Match[str]] | None = None
-        for start, end, row in records(lines):
-            if isinstance(row, str):
-                self.line_no = start
-                yield LineError(start, row, "column_count_invalid")
-                continue
-            self.line_no = start
-            if len(row) == 1 and not row[0].strip():
-                continue
-            if row[0].startswith("#"):
-                text = ",".join(row).strip()
-                if _DETAIL_END in text:
-                    ended_at = start
-                elif (found := _TRADE_TOTAL.match(text)) is not None:
-                    trade_total = (start, found)
-                elif (found := _REFUND_TOTAL.match(text)) is not None:
-                    refund_total = (start, found)
-                elif (period := _PERIOD_START.match(text)) is not None:
-                    try:
-                        self.totals.add_statement_date(dt.date(*(int(part) for part in period.groups())))
-                    except ValueError:
-                        yield LineError(start, f"the period start in {text!r} is not a date", "time_invalid")
-                continue
-            if lines.bad and lines.spans_bad(start, end):
-                yield LineError(start, "the line is not valid GBK text", "encoding_invalid")
-                continue
-            if self._index is None:
-                if row[0].strip() == HEADER_FIRST:
-                    error = self._read_header(start, row)
-                    if error is not None:
-                        yield error
-                        return
-                    continue
-                yield LineError(start, f"a data line before the column header ({HEADER_FIRST},…)", "header_missing")
-                continue
-            yield self._row(start, row)
+        self._ended_at: int | None = None
+        self._trade_total: tuple[int, re.Match[str]] | None = None
+        self._refund_total: tuple[int, re.Match[str]] | None = None
+        yield from self.read_blocks(lines)
         if self._index is None:
             yield LineError(self.line_no, f"no Alipay bill header row ({HEADER_FIRST},…) in the file", "header_missing")
             return
-        yield from self._check_summary(ended_at, trade_total, refund_total)
+        yield from self._check_summary(self._ended_at, self._trade_total, self._refund_total)
+
+    def _record(self, start: int, end: int, row: list[str] | str, lines: TextLines) -> StatementLine | LineError | None:
+        """One record of the file, read on its own."""
+        self.line_no = start
+        if isinstance(row, str):
+            return LineError(start, row, "column_count_invalid")
+        if len(row) == 1 and not row[0].strip():
+            return None
+        if row[0].startswith("#"):
+            text = ",".join(row).strip()
+            if _DETAIL_END in text:
+                self._ended_at = start
+            elif (found := _TRADE_TOTAL.match(text)) is not None:
+                self._trade_total = (start, found)
+            elif (found := _REFUND_TOTAL.match(text)) is not None:
+                self._refund_total = (start, found)
+            elif (period := _PERIOD_START.match(text)) is not None:
+                try:
+                    self.totals.add_statement_date(dt.date(*(int(part) for part in period.groups())))
+                except ValueError:
+                    return LineError(start, f"the period start in {text!r} is not a date", "time_invalid")
+            return None
+        if lines.bad and lines.spans_bad(start, end):
+            return LineError(start, "the line is not valid GBK text", "encoding_invalid")
+        if self._index is None:
+            if row[0].strip() == HEADER_FIRST:
+                error = self._read_header(start, row)
+                self.stopped = error is not None
+                return error
+            return LineError(start, f"a data line before the column header ({HEADER_FIRST},…)", "header_missing")
+        return self._row(start, row)
+
+    def _bulk(self, first: int, block: str) -> LineBatch | None:
+        """The detail rows of ``block`` (lines ``first``…), read a column at a time; None when a row is not
+        plain (the block is then read record by record, which gives each row its line error).
+
+        Plain: no quote, no undecodable byte, no ``#`` line, no lone ``\\r``, every row the header's
+        width, 业务类型 交易 or 退款, 商家实收 ``-?digits.dd`` with the sign of its kind, 服务费 the same or
+        empty, times that parse, and the reader's currency with 2 decimals — so that ``_row`` would
+        accept every row, as the same ``StatementLine``.
+        """
+        index = self._index
+        if index is None or _exponent(self.currency) != 2:
+            return None
+        if '"' in block or "\ufffd" in block or "\x00" in block or block.startswith("#") or "\n#" in block:
+            return None
+        carriage_returns = block.count("\r")
+        if carriage_returns:
+            if carriage_returns != block.count("\r\n"):
+                return None  # a \r not ending a line stays in its value, where records() would strip several
+            if carriage_returns != block.count("\n"):
+                block = block.replace("\r\n", "\n")  # \r\n and \n mixed
+        end = "\r\n" if "\r" in block else "\n"
+        count = block.count(end) + (not block.endswith(end))
+        # Line ends become ",\0": the \0 then starts each row's first value, proving every row has the
+        # header's width.
+        cells = block.replace(end, ",\x00").split(",")
+        width = self._width
+        if block.endswith(end):
+            cells.pop()  # the "\0" after the last line end
+        if len(cells) != count * width or "".join(cells[width::width]).count("\x00") != count - 1:
+            return None
+
+        def column(name: str) -> list[str]:
+            position = index[name]
+            if position < 0:
+                return [""] * count
+            if position == 0:
+                return list(map(str.strip, map(str.removeprefix, cells[0::width], repeat("\x00"))))
+            return list(map(str.strip, cells[position::width]))
+
+        kinds = column("业务类型")
+        kind_set = set(kinds)
+        if not kind_set <= {"交易", "退款"}:
+            return None
+        received_texts = column("商家实收（元）")
+        joined = "\n".join(received_texts)
+        if not _TWO_DECIMALS_LINES.fullmatch(joined) or "" in received_texts:
+            return None
+        received = list(map(int, joined.replace(".", "").split("\n")))
+        fee_texts = column("服务费（元）")
+        joined = "\n".join(fee_texts)
+        if not _TWO_DECIMALS_LINES.fullmatch(joined):
+            return None
+        if "" in fee_texts:
+            fees = [abs(int(text.replace(".", ""))) if text else 0 for text in fee_texts]
+        else:
+            fees = list(map(abs, map(int, joined.replace(".", "").split("\n"))))
+        texts = column("完成时间")
+        times: dict[str, dt.datetime] = {}
+        for text in set(texts):
+            try:
+                times[text] = beijing_time(text, "完成时间")
+            except BadValue:
+                return None
+        payment = [kind == "交易" for kind in kinds]
+        if kind_set == {"交易"}:
+            if min(received) <= 0:
+                return None
+            amount = received
+            paid, refunded = (count, sum(received)), (0, 0)
+        else:
+            if any(flag != (value > 0) or value == 0 for flag, value in zip(payment, received, strict=True)):
+                return None
+            amount = list(map(abs, received))
+            paid_sum = sum(value for value in received if value > 0)
+            paid = (payment.count(True), paid_sum)
+            refunded = (count - paid[0], sum(received) - paid_sum)
+        out_trade_nos = [text or None for text in column("商户订单号")]
+        descriptions = column("商品名称")
+        if index["备注"] >= 0:
+            descriptions = [
+                f"{description} | {remark}" if remark else description
+                for description, remark in zip(descriptions, column("备注"), strict=True)
+            ]
+        for kind, (number, total) in (("payment", paid), ("refund", refunded)):
+            self._counted[kind][0] += number
+            self._counted[kind][1] += total
+        refund_nos = column("退款批次号/请求号")
+        return LineBatch(
+            line_no=list(range(first, first + count)),
+            kind=["payment" if flag else "refund" for flag in payment],
+            channel_ref=[text or None for text in column("支付宝交易号")],
+            order_ref=[
+                trade_no if flag else (refund_no or None)
+                for flag, trade_no, refund_no in zip(payment, out_trade_nos, refund_nos, strict=True)
+            ],
+            original_ref=[None if flag else trade_no for flag, trade_no in zip(payment, out_trade_nos, strict=True)],
+            amount=amount,
+            fee=fees,
+            currency=[self.currency] * count,
+            direction=["credit" if flag else "debit" for flag in payment],
+            status=kinds,  # type: ignore[arg-type]
+            occurred_at=list(map(times.__getitem__, texts)),
+            value_date=[None] * count,
+            description=descriptions,
+            booking_date=[None] * count,
+        )
 
     def _read_header(self, line_no: int, row: list[str]) -> LineError | None:
         header = [cell.strip() for cell in row]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any, Literal
 
 from zhangfang.money import format_minor
@@ -81,6 +83,67 @@ class StatementLine:
             and (self.direction == "credit") is (self.kind == "payment" or self.kind == "credit")
             and (self.occurred_at is None or self.occurred_at.tzinfo is dt.UTC)
         ), self
+
+
+_KIND_DIRECTIONS = frozenset({("payment", "credit"), ("credit", "credit"), ("refund", "debit"), ("debit", "debit")})
+
+
+@dataclass(frozen=True, slots=True)
+class LineBatch:
+    """Accepted records of one stretch of a file, column by column: the fields of ``StatementLine``, as lists.
+
+    What the bulk path of a parser gives (a block of plain detail rows read with a few calls per
+    column, not per row) and what ``StatementReader.batches`` hands out; ``lines()`` gives the same
+    records as ``StatementLine`` objects. The constraints are ``StatementLine``'s, checked per batch.
+    """
+
+    line_no: list[int]
+    kind: list[str]
+    channel_ref: list[str | None]
+    order_ref: list[str | None]
+    original_ref: list[str | None]
+    amount: list[int]
+    fee: list[int]
+    currency: list[str]
+    direction: list[str]
+    status: list[str | None]
+    occurred_at: list[dt.datetime | None]
+    value_date: list[dt.date | None]
+    description: list[str]
+    booking_date: list[dt.date | None]
+
+    def __post_init__(self) -> None:
+        count = len(self.line_no)
+        assert all(len(getattr(self, name)) == count for name in self.__slots__), "columns of unequal length"
+        assert count == 0 or (
+            min(self.amount) > 0
+            and min(self.fee) >= 0
+            and min(self.line_no) >= 1
+            and set(zip(self.kind, self.direction, strict=True)) <= _KIND_DIRECTIONS
+            and {at.tzinfo for at in set(self.occurred_at) if at is not None} <= {dt.UTC}
+        ), "a batch breaks a StatementLine constraint"
+
+    def __len__(self) -> int:
+        return len(self.line_no)
+
+    @classmethod
+    def of(cls, lines: list[StatementLine]) -> LineBatch:
+        """The batch of these lines."""
+        columns = zip(*((*line_fields(line),) for line in lines), strict=True) if lines else [[]] * 14
+        return cls(*(list(column) for column in columns))
+
+    def lines(self) -> Iterator[StatementLine]:
+        """The batch's records, one ``StatementLine`` each, in file order."""
+        return map(StatementLine, *(getattr(self, name) for name in self.__slots__))
+
+
+def line_fields(line: StatementLine) -> tuple[Any, ...]:
+    """A line's fields in ``StatementLine``'s order (a tuple, not ``dataclasses.astuple``'s deep copy)."""
+    return (
+        line.line_no, line.kind, line.channel_ref, line.order_ref, line.original_ref, line.amount, line.fee,
+        line.currency, line.direction, line.status, line.occurred_at, line.value_date, line.description,
+        line.booking_date,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +278,32 @@ class ParseTotals:
             totals.debit_count += 1
             totals.debit_sum += line.amount
             totals.fee_sum -= line.fee
+
+    def add_batch(self, batch: LineBatch) -> None:
+        """``add_line`` for every line of ``batch``, a few calls per column."""
+        codes = set(batch.currency)
+        if len(codes) > 1:
+            for line in batch.lines():
+                self.add_line(line)
+            return
+        if not codes:
+            return
+        totals = self.currency(codes.pop())
+        count = len(batch)
+        credits = batch.direction.count("credit")
+        totals.line_count += count
+        self.line_count += count
+        totals.credit_count += credits
+        totals.debit_count += count - credits
+        if credits == count:
+            totals.credit_sum += sum(batch.amount)
+            totals.fee_sum += sum(batch.fee)
+            return
+        credit = [direction == "credit" for direction in batch.direction]
+        debit = [not flag for flag in credit]
+        totals.credit_sum += sum(compress(batch.amount, credit))
+        totals.debit_sum += sum(compress(batch.amount, debit))
+        totals.fee_sum += sum(compress(batch.fee, credit)) - sum(compress(batch.fee, debit))
 
     def add_statement_date(self, day: dt.date) -> None:
         if day not in self.statement_dates:

@@ -30,23 +30,26 @@ signed sum of its column (应结订单金额, 退款金额, 充值券退款金�
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
+from itertools import repeat
 
 from zhangfang.recon.importers._common import (
     _TWO_DECIMALS,
+    _TWO_DECIMALS_LINES,
     BadValue,
-    Parser,
+    BlockParser,
+    TextLines,
     _exponent,
     amount_minor,
     beijing_time,
     known_currency,
     mismatch,
     only_member,
-    records,
     text_lines,
     unwrap,
 )
-from zhangfang.recon.importers.models import BillSummary, LineError, StatementLine
+from zhangfang.recon.importers.models import BillSummary, LineBatch, LineError, StatementLine
 
 ENCODING = "utf-8-sig"
 # 交易状态 values a row may carry (the trade states of the v3 API): SUCCESS and REFUND are what an
@@ -65,14 +68,18 @@ _SUMMED = {
     "订单总金额": "订单金额",
     "申请退款总金额": "申请退款金额",
 }
+_PER_LINE = frozenset({"应结订单总金额", "退款总金额", "手续费总金额"})  # the sums whose column a line keeps
 
 
 def _unquote(cell: str) -> str:
     return cell[1:].strip() if cell.startswith("`") else cell.strip()
 
 
-class WechatParser(Parser):
-    def items(self) -> Iterator[StatementLine | LineError]:
+class WechatParser(BlockParser):
+    def chunks(self) -> Iterator[LineBatch | StatementLine | LineError]:
+        """The bill's records; a block of plain detail rows (as decoded, about 64 KiB) goes through
+        ``_bulk`` in a few calls per column, anything else (header, summary, a quoted value, a row
+        ``_bulk`` would not take as it is) record by record through ``_record``: the same records."""
         lines = text_lines(unwrap(self.stream, only_member), ENCODING)
         self._index: dict[str, int] | None = None
         self._width = 0
@@ -80,42 +87,176 @@ class WechatParser(Parser):
         self._sums: dict[str, int] = {}
         self._summed: list[tuple[str, int]] = []  # (summary label, column index)
         self._bill_currency = self.currency  # the summary's amounts are in the rows' currency
-        summary_header: list[str] | None = None
-        summary_values: tuple[int, list[str]] | None = None
-        for start, end, row in records(lines, prefix="`"):
-            self.line_no = start
-            if isinstance(row, str):
-                yield LineError(start, row, "column_count_invalid")
-                continue
-            if len(row) == 1 and not row[0].strip():
-                continue
-            if lines.bad and lines.spans_bad(start, end):
-                yield LineError(start, "the line is not valid UTF-8 text", "encoding_invalid")
-                continue
-            if summary_header is not None:
-                if summary_values is None:
-                    summary_values = (start, [cell.strip() for cell in row])
-                else:
-                    yield LineError(start, "a line after the summary values row", "column_count_invalid")
-                continue
-            first = row[0].strip()
-            if self._index is None:
-                if first == HEADER_FIRST:
-                    error = self._read_header(start, row)
-                    if error is not None:
-                        yield error
-                        return
-                    continue
-                yield LineError(start, f"a data line before the column header ({HEADER_FIRST},…)", "header_missing")
-                continue
-            if first == SUMMARY_FIRST:
-                summary_header = [cell.strip() for cell in row]
-                continue
-            yield self._row(start, row)
+        self._summary_header: list[str] | None = None
+        self._summary_values: tuple[int, list[str]] | None = None
+        yield from self.read_blocks(lines, prefix="`")
         if self._index is None:
             yield LineError(self.line_no, f"no WeChat Pay bill header row ({HEADER_FIRST},…)", "header_missing")
             return
-        yield from self._check_summary(summary_header, summary_values)
+        yield from self._check_summary(self._summary_header, self._summary_values)
+
+    def _record(self, start: int, end: int, row: list[str] | str, lines: TextLines) -> StatementLine | LineError | None:
+        """One record of the file, read on its own."""
+        self.line_no = start
+        if isinstance(row, str):
+            return LineError(start, row, "column_count_invalid")
+        if len(row) == 1 and not row[0].strip():
+            return None
+        if lines.bad and lines.spans_bad(start, end):
+            return LineError(start, "the line is not valid UTF-8 text", "encoding_invalid")
+        if self._summary_header is not None:
+            if self._summary_values is None:
+                self._summary_values = (start, [cell.strip() for cell in row])
+                return None
+            return LineError(start, "a line after the summary values row", "column_count_invalid")
+        first = row[0].strip()
+        if self._index is None:
+            if first == HEADER_FIRST:
+                error = self._read_header(start, row)
+                self.stopped = error is not None
+                return error
+            return LineError(start, f"a data line before the column header ({HEADER_FIRST},…)", "header_missing")
+        if first == SUMMARY_FIRST:
+            self._summary_header = [cell.strip() for cell in row]
+            return None
+        return self._row(start, row)
+
+    def _bulk(self, first: int, block: str) -> LineBatch | None:
+        """The detail rows of ``block`` (lines ``first``…), read a column at a time; None when a row is not
+        plain (the block is then read record by record, which gives each row its line error).
+
+        Plain: no quote, no undecodable byte, no summary, no lone ``\\r``, every value with its
+        backtick, every row the header's width, the bill's currency (with 2 decimals), amounts
+        ``-?digits.dd`` or empty, known trade states, times that parse, and each amount and fee with
+        the sign its trade state needs — so that ``_row`` would accept every row, as the same
+        ``StatementLine``.
+        """
+        index = self._index
+        if index is None or self._summary_header is not None:
+            return None
+        if '"' in block or "\ufffd" in block or "\x00" in block or SUMMARY_FIRST in block:
+            return None
+        carriage_returns = block.count("\r")
+        if carriage_returns:
+            if carriage_returns != block.count("\r\n"):
+                return None  # a \r not ending a line stays in its value, where records() would strip several
+            if carriage_returns != block.count("\n"):
+                block = block.replace("\r\n", "\n")  # \r\n and \n mixed
+        end = "\r\n" if "\r" in block else "\n"
+        ended = block.endswith(end)
+        count = block.count(end) + (not ended)
+        # Every value starts with the backtick: cut at ",`" and at line ends, which become ",`\0" (the
+        # \0 then starts each row's first value, proving every row has the header's width).
+        if not block.startswith("`") or block.count(",") != block.count(",`") or block.count(end + "`") != count - 1:
+            return None
+        cells = block.replace(end + "`", ",`\x00").split(",`")
+        width = self._width
+        if len(cells) != count * width or "".join(cells[width::width]).count("\x00") != count - 1:
+            return None
+        cells[0] = cells[0][1:]
+
+        def column(name: str) -> list[str]:
+            return values_at(index[name])
+
+        def values_at(position: int) -> list[str]:
+            if position < 0:
+                return [""] * count
+            if position == 0:
+                return list(map(str.strip, map(str.removeprefix, cells[0::width], repeat("\x00"))))
+            return list(map(str.strip, cells[position::width]))  # the last line's last value keeps its line end
+
+        codes = set(column("货币种类"))
+        if "" in codes:
+            codes = (codes - {""}) | {self.currency}
+        if codes != {self._bill_currency} or _exponent(self._bill_currency) != 2:
+            return None
+        states = column("交易状态")
+        state_set = set(states)
+        if not state_set <= TRADE_STATES:
+            return None
+        values: dict[str, list[int]] = {}
+        sums: dict[str, int] = {}
+        for label, position in self._summed:
+            texts = values_at(position)
+            distinct = set(texts)
+            if distinct <= {"0.00", ""}:
+                sums[label] = 0
+                if label in _PER_LINE:
+                    values[label] = [0] * count
+                continue
+            joined = "\n".join(texts)
+            if not _TWO_DECIMALS_LINES.fullmatch(joined):
+                return None
+            if "" in distinct:
+                numbers = [int(text.replace(".", "")) if text else 0 for text in texts]
+            else:
+                numbers = list(map(int, joined.replace(".", "").split("\n")))
+            sums[label] = sum(numbers)
+            if label in _PER_LINE:
+                values[label] = numbers
+        texts = column("交易时间")
+        times: dict[str, dt.datetime] = {}
+        for text in set(texts):
+            try:
+                times[text] = beijing_time(text, "交易时间")
+            except BadValue:
+                return None
+        occurred_at: list[dt.datetime | None] = list(map(times.__getitem__, texts))
+        settled, fees = values["应结订单总金额"], values["手续费总金额"]
+        trade_refs = [text or None for text in column("微信订单号")]
+        out_trade_nos = [text or None for text in column("商户订单号")]
+        if "REFUND" not in state_set:
+            if min(settled) <= 0 or min(fees) < 0:
+                return None
+            amount, fee = settled, fees
+            kind, direction = ["payment"] * count, ["credit"] * count
+            channel_ref, order_ref, original_ref = trade_refs, out_trade_nos, [None] * count
+            status: list[str | None] = list(states)
+        else:
+            if "退款总金额" not in values:
+                return None
+            refund = [state == "REFUND" for state in states]
+            refunded = values["退款总金额"]
+            amount = [r if is_refund else s for is_refund, s, r in zip(refund, settled, refunded, strict=True)]
+            fee = [-f if is_refund else f for is_refund, f in zip(refund, fees, strict=True)]
+            if min(amount) <= 0 or min(fee) < 0:
+                return None
+            kind = ["refund" if is_refund else "payment" for is_refund in refund]
+            direction = ["debit" if is_refund else "credit" for is_refund in refund]
+            channel_ref = [
+                (refund_id or None) if is_refund else trade_ref
+                for is_refund, refund_id, trade_ref in zip(refund, column("微信退款单号"), trade_refs, strict=True)
+            ]
+            order_ref = [
+                (refund_no or None) if is_refund else trade_no
+                for is_refund, refund_no, trade_no in zip(refund, column("商户退款单号"), out_trade_nos, strict=True)
+            ]
+            original_ref = [
+                trade_no if is_refund else None for is_refund, trade_no in zip(refund, out_trade_nos, strict=True)
+            ]
+            status = [
+                (refund_state or state) if is_refund else state
+                for is_refund, refund_state, state in zip(refund, column("退款状态"), states, strict=True)
+            ]
+        self._row_count += count
+        for label, total in sums.items():
+            self._sums[label] += total
+        return LineBatch(
+            line_no=list(range(first, first + count)),
+            kind=kind,
+            channel_ref=channel_ref,
+            order_ref=order_ref,
+            original_ref=original_ref,
+            amount=amount,
+            fee=fee,
+            currency=[self._bill_currency] * count,
+            direction=direction,
+            status=status,
+            occurred_at=occurred_at,
+            value_date=[None] * count,
+            description=column("商品名称"),
+            booking_date=[None] * count,
+        )
 
     def _read_header(self, line_no: int, row: list[str]) -> LineError | None:
         header = [_unquote(cell) for cell in row]
