@@ -118,9 +118,20 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
 
 
 def reset_postgres(engine: Engine) -> None:
-    """Empty every table and seed the clock and chain head again, as migration 0001 does."""
-    names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+    """Empty every table and seed the clock and chain head again, as migration 0001 does.
+
+    Only the tables the last test wrote to are truncated (those with rows, or whose id sequence
+    was used): TRUNCATE costs a few milliseconds per table and its indexes even when it is empty.
+    """
+    tables = [table.name for table in metadata.sorted_tables]
+    probe = " UNION ALL ".join(f"SELECT '{name}' WHERE EXISTS (SELECT 1 FROM \"{name}\")" for name in tables)
     with engine.begin() as conn:
+        written = set(conn.execute(sa.text(probe)).scalars())
+        used = set(
+            conn.execute(sa.text("SELECT sequencename FROM pg_sequences WHERE last_value IS NOT NULL")).scalars()
+        )
+        written |= {name for name in tables if f"{name}_id_seq" in used}
+        names = ", ".join(f'"{name}"' for name in tables if name in written)
         conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         conn.execute(ledger_clock.insert().values(id=1, open_date=dt.datetime.now(SHANGHAI).date()))
         conn.execute(chain_head.insert().values(id=1, seal_seq=0, seal=GENESIS_SEAL))
