@@ -459,6 +459,6 @@ class BlockParser(Parser):
         all plain detail rows; None sends the block record by record."""
         return None
 
+    @abc.abstractmethod
     def _record(self, start: int, end: int, row: list[str] | str, lines: TextLines) -> StatementLine | LineError | None:
         """One record (lines ``start`` to ``end``; ``row`` its values, or why it cannot be read)."""
-        raise NotImplementedError  # pragma: no cover - only formats that call read_blocks give it
