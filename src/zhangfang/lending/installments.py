@@ -59,7 +59,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
@@ -70,6 +69,7 @@ from zhangfang.errors import ZhangfangError
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import AccountRequest, EntryRequest, Leg
 from zhangfang.lending import errors
+from zhangfang.lending import service as loans
 from zhangfang.lending.allocation import penalty_interest
 from zhangfang.lending.schedule import build_schedule
 from zhangfang.lending.tables import installment_plan_periods, installment_plans
@@ -81,7 +81,6 @@ from zhangfang.payments import postings as payment_postings
 from zhangfang.payments.service import AMOUNT_MAX_MINOR
 from zhangfang.settlement.models import Deduction
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 PURPOSE = "installment"
 OVERDUE_RETRY_DAYS = 3
 PERIODS_MAX = 120
@@ -125,9 +124,8 @@ def _now(now: dt.datetime | None) -> dt.datetime:
     return now or dt.datetime.now(dt.UTC)
 
 
-def business_date(moment: dt.datetime) -> dt.date:
-    """The Asia/Shanghai date of a moment: due dates are business dates."""
-    return moment.astimezone(SHANGHAI).date()
+# Due dates are business dates: the Asia/Shanghai date of an instant, as the mandates compare them.
+business_date = mandates.business_date
 
 
 # --------------------------------------------------------------------------- views
@@ -248,26 +246,12 @@ def _emit(conn: Connection, plan: Row[Any], event: str, key: str, now: dt.dateti
 
 def _receivable(merchant_ref: str, currency: str) -> AccountRequest:
     return AccountRequest(
-        key=f"merchant:{merchant_ref}:installment_receivable{'' if currency == 'CNY' else ':' + currency}",
+        key=f"merchant:{merchant_ref}:installment_receivable{loans.currency_suffix(currency)}",
         ledger_code="installment_receivable",
         currency=currency,
         normal_side="debit",
         owner_ref=merchant_ref,
     )
-
-
-def _interest_income(currency: str) -> AccountRequest:
-    return AccountRequest(
-        key=f"platform:interest_income{'' if currency == 'CNY' else ':' + currency}",
-        ledger_code="interest_income",
-        currency=currency,
-        normal_side="credit",
-        owner_ref="platform",
-    )
-
-
-def _ref(conn: Connection, request: AccountRequest, now: dt.datetime) -> str:
-    return ledger.open_account(conn, request=request, now=now)[0].ref
 
 
 def _move(conn: Connection, plan: Row[Any], code: str, key: str, legs: list[tuple[AccountRequest, str, int]], now):
@@ -276,7 +260,10 @@ def _move(conn: Connection, plan: Row[Any], code: str, key: str, legs: list[tupl
         request=EntryRequest(
             idempotency_key=key,
             business_code=code,
-            legs=tuple(Leg(_ref(conn, account, now), side, amount, plan.currency) for account, side, amount in legs),
+            legs=tuple(
+                Leg(loans.account_ref(conn, account, now), side, amount, plan.currency)
+                for account, side, amount in legs
+            ),
             metadata={"installment_plan": plan.ref},
         ),
         now=now,
@@ -808,7 +795,7 @@ class InstallmentCollections:
         if to_principal:
             legs.append((_receivable(merchant_ref, plan.currency), "credit", to_principal))
         if to_income:
-            legs.append((_interest_income(plan.currency), "credit", to_income))
+            legs.append((loans.interest_income_account(plan.currency), "credit", to_income))
         _move(conn, plan, "settlement", f"settlement:{batch_ref}:{deduction.ref}", legs, now)
         conn.execute(
             installment_plan_periods.update()

@@ -88,7 +88,7 @@ def _now(now: dt.datetime | None) -> dt.datetime:
 def _principal_account(merchant_ref: str, kind: str, currency: str) -> AccountRequest:
     code = "pos_loan_principal" if kind == "pos" else "loan_principal"
     return AccountRequest(
-        key=f"merchant:{merchant_ref}:{code}{_suffix(currency)}",
+        key=f"merchant:{merchant_ref}:{code}{currency_suffix(currency)}",
         ledger_code=code,
         currency=currency,
         normal_side="debit",
@@ -98,7 +98,7 @@ def _principal_account(merchant_ref: str, kind: str, currency: str) -> AccountRe
 
 def _interest_receivable(merchant_ref: str, currency: str) -> AccountRequest:
     return AccountRequest(
-        key=f"merchant:{merchant_ref}:interest_receivable{_suffix(currency)}",
+        key=f"merchant:{merchant_ref}:interest_receivable{currency_suffix(currency)}",
         ledger_code="interest_receivable",
         currency=currency,
         normal_side="debit",
@@ -106,9 +106,10 @@ def _interest_receivable(merchant_ref: str, currency: str) -> AccountRequest:
     )
 
 
-def _interest_income(currency: str) -> AccountRequest:
+def interest_income_account(currency: str) -> AccountRequest:
+    """``platform:interest_income``: interest and penalty earned (loans and advance installment plans)."""
     return AccountRequest(
-        key=f"platform:interest_income{_suffix(currency)}",
+        key=f"platform:interest_income{currency_suffix(currency)}",
         ledger_code="interest_income",
         currency=currency,
         normal_side="credit",
@@ -116,11 +117,13 @@ def _interest_income(currency: str) -> AccountRequest:
     )
 
 
-def _suffix(currency: str) -> str:
+def currency_suffix(currency: str) -> str:
+    """What a non-CNY account's key ends with, as payments' accounts do."""
     return "" if currency == "CNY" else f":{currency}"
 
 
-def _account(conn: Connection, request: AccountRequest, now: dt.datetime) -> str:
+def account_ref(conn: Connection, request: AccountRequest, now: dt.datetime) -> str:
+    """The ref of the account ``request`` describes, opened on first use."""
     return ledger.open_account(conn, request=request, now=now)[0].ref
 
 
@@ -373,8 +376,8 @@ def disburse(
                 available=line.available,
             )
     ref = ids.new_id("loan")
-    principal_account = _account(conn, _principal_account(merchant.ref, kind, schedule.currency), now)
-    balance_account = _account(conn, payment_postings.merchant_pending_request(merchant.ref, schedule.currency), now)
+    principal_account = account_ref(conn, _principal_account(merchant.ref, kind, schedule.currency), now)
+    balance_account = account_ref(conn, payment_postings.merchant_pending_request(merchant.ref, schedule.currency), now)
     entry = ledger.post_entry(
         conn,
         request=EntryRequest(
@@ -475,8 +478,8 @@ def _accrued_total(rows: dict[int, SimpleNamespace]) -> int:
 
 
 def _post_accrual(conn: Connection, loan: Row[Any], amount: int, key: str, now: dt.datetime) -> None:
-    receivable = _account(conn, _interest_receivable(loan.merchant_ref, loan.currency), now)
-    income = _account(conn, _interest_income(loan.currency), now)
+    receivable = account_ref(conn, _interest_receivable(loan.merchant_ref, loan.currency), now)
+    income = account_ref(conn, interest_income_account(loan.currency), now)
     ledger.post_entry(
         conn,
         request=EntryRequest(
@@ -684,7 +687,7 @@ def _post_repayment(
     currency = loan.currency
     legs = [
         Leg(
-            _account(conn, payment_postings.merchant_pending_request(loan.merchant_ref, currency), now),
+            account_ref(conn, payment_postings.merchant_pending_request(loan.merchant_ref, currency), now),
             "debit",
             principal + income,
             currency,
@@ -693,7 +696,7 @@ def _post_repayment(
     if principal:
         legs.append(
             Leg(
-                _account(conn, _principal_account(loan.merchant_ref, loan.kind, currency), now),
+                account_ref(conn, _principal_account(loan.merchant_ref, loan.kind, currency), now),
                 "credit",
                 principal,
                 currency,
@@ -701,7 +704,7 @@ def _post_repayment(
         )
     if income:
         legs.append(
-            Leg(_account(conn, _interest_receivable(loan.merchant_ref, currency), now), "credit", income, currency)
+            Leg(account_ref(conn, _interest_receivable(loan.merchant_ref, currency), now), "credit", income, currency)
         )
     return ledger.post_entry(
         conn,
