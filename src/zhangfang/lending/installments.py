@@ -68,7 +68,7 @@ from zhangfang.db.sql import request_digest
 from zhangfang.errors import ZhangfangError
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.models import AccountRequest, EntryRequest, Leg
-from zhangfang.lending import errors
+from zhangfang.lending import errors, products
 from zhangfang.lending import service as loans
 from zhangfang.lending.allocation import penalty_interest
 from zhangfang.lending.schedule import build_schedule
@@ -385,17 +385,9 @@ def create_plan(
         return plan_view(conn, existing), False
     if request.mode not in MODES:
         raise errors.InstallmentModeUnknown(f"mode is per_period or advance, not {request.mode!r}", field="mode")
-    penalty_rate: Any = request.penalty_daily_rate
-    try:
-        if isinstance(penalty_rate, float) or not Decimal(str(penalty_rate).strip()).is_finite():
-            raise InvalidOperation
-    except InvalidOperation:
-        raise errors.PenaltyRateInvalid(
-            "penalty_daily_rate is decimal text such as 0.0005", field="penalty_daily_rate"
-        ) from None
-    penalty_rate = Decimal(str(penalty_rate).strip())
-    if not 0 <= penalty_rate <= Decimal("0.01"):
-        raise errors.PenaltyRateInvalid("penalty_daily_rate is from 0 to 0.01", field="penalty_daily_rate")
+    penalty_rate = products.check_rate(
+        request.penalty_daily_rate, "penalty_daily_rate", Decimal("0.01"), errors.PenaltyRateInvalid
+    )
     notify_url = notify.check_url(request.notify_url) if request.notify_url is not None else None
     periods, annual_rate = _schedule_of(request, business_date(now))
     mandate = mandates.get_mandate(conn, ref=request.mandate_ref, merchant_id=merchant_id)

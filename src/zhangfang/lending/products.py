@@ -101,10 +101,12 @@ def _now(now: dt.datetime | None) -> dt.datetime:
 # --------------------------------------------------------------------------- checks
 
 
-def _decimal(
+def check_rate(
     value: Any, field: str, maximum: Decimal, error: type[errors.InvalidInput], *, below_maximum: bool = False
 ) -> Decimal:
-    """Decimal text (or a ``Decimal``, or an ``int``) from 0 to ``maximum``; never a float."""
+    """A rate: decimal text (or a ``Decimal``, or an ``int``) from 0 to ``maximum``, at most
+    ``RATE_PLACES_MAX`` decimal places; never a float. Loans, products and installment plans all check
+    their rates here."""
     if isinstance(value, (float, bool)) or not isinstance(value, (str, Decimal, int)):
         raise error(f"{field} is decimal text such as 0.12, never a float; got {value!r}", field=field)
     try:
@@ -175,7 +177,7 @@ def _credit_policy(request: LoanProductRequest) -> CreditPolicy:
     step = request.credit_step
     maximum = request.credit_maximum
     return CreditPolicy(
-        ratio=default.ratio if ratio is None else _decimal(ratio, "credit_ratio", CREDIT_RATIO_MAX, error),
+        ratio=default.ratio if ratio is None else check_rate(ratio, "credit_ratio", CREDIT_RATIO_MAX, error),
         lookback_days=default.lookback_days
         if lookback is None
         else _int(lookback, "credit_lookback_days", 1, CREDIT_LOOKBACK_DAYS_MAX, error),
@@ -286,8 +288,8 @@ def create_product(
     method = _enum(request.method, Method, errors.AmortizationMethodUnknown, "method")
     day_count = _enum(request.day_count, DayCount, errors.DayCountUnknown, "day_count")
     rate_error = errors.AnnualRateInvalid
-    rate_min = _decimal(request.annual_rate_min, "annual_rate_min", ANNUAL_RATE_MAX, rate_error, below_maximum=True)
-    rate_max = _decimal(request.annual_rate_max, "annual_rate_max", ANNUAL_RATE_MAX, rate_error, below_maximum=True)
+    rate_min = check_rate(request.annual_rate_min, "annual_rate_min", ANNUAL_RATE_MAX, rate_error, below_maximum=True)
+    rate_max = check_rate(request.annual_rate_max, "annual_rate_max", ANNUAL_RATE_MAX, rate_error, below_maximum=True)
     periods_min = _int(request.periods_min, "periods_min", 1, PERIOD_COUNT_MAX, errors.PeriodCountInvalid)
     periods_max = _int(request.periods_max, "periods_max", 1, PERIOD_COUNT_MAX, errors.PeriodCountInvalid)
     principal_min = _principal(request.principal_min, "principal_min")
@@ -295,7 +297,7 @@ def create_product(
     _bounds(rate_min, rate_max, "annual_rate")
     _bounds(periods_min, periods_max, "periods")
     _bounds(principal_min, principal_max, "principal")
-    penalty = _decimal(
+    penalty = check_rate(
         request.penalty_daily_rate, "penalty_daily_rate", PENALTY_DAILY_RATE_MAX, errors.PenaltyRateInvalid
     )
     order = _order(request.allocation_order)
@@ -303,7 +305,7 @@ def create_product(
     policy = None
     if kind == "pos":  # a term loan is not repaid from settlement and has no credit line
         if request.settlement_share is not None:
-            share = _decimal(
+            share = check_rate(
                 request.settlement_share, "settlement_share", SETTLEMENT_SHARE_MAX, errors.SettlementShareInvalid
             )
         policy = _credit_policy(request)

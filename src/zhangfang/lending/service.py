@@ -240,18 +240,6 @@ def credit_line(
 # --------------------------------------------------------------------------- drawdown
 
 
-def _check_rate(value: Any, field: str, maximum: Decimal, error: type[errors.InvalidInput]) -> Decimal:
-    if isinstance(value, float) or value is None:
-        raise error(f"{field} is decimal text such as 0.2, never a float", field=field)
-    try:
-        rate = Decimal(str(value))
-    except InvalidOperation:
-        raise error(f"{field} is decimal text such as 0.2, got {value!r}", field=field) from None
-    if not rate.is_finite() or not 0 <= rate <= maximum:
-        raise error(f"{field} is between 0 and {maximum}, got {value!r}", field=field)
-    return rate
-
-
 def _parse_annual_rate(value: Any) -> Any:
     """Decimal text becomes a ``Decimal``; anything else goes to ``build_schedule`` to be checked."""
     if not isinstance(value, str):
@@ -306,10 +294,10 @@ def disburse(
     kind = _check_kind(request.kind)
     share = None
     if kind == "pos" and request.settlement_share is not None:  # a term loan is not repaid from settlement
-        share = _check_rate(
+        share = products.check_rate(
             request.settlement_share, "settlement_share", SETTLEMENT_SHARE_MAX, errors.SettlementShareInvalid
         )
-    penalty_rate = _check_rate(
+    penalty_rate = products.check_rate(
         request.penalty_daily_rate, "penalty_daily_rate", Decimal("0.01"), errors.PenaltyRateInvalid
     )
     schedule = build_schedule(
