@@ -205,6 +205,7 @@ def install(conn: Connection, chart: Chart, posting_rules: Rules) -> None:
     """Copy the chart and the rules into the database (see the module's guarantees)."""
     existing = {row.code: row for row in conn.execute(sa.select(subjects))}
     used = set(conn.execute(sa.select(voucher_lines.c.subject_code).distinct()).scalars())
+    missing = []
     for subject in chart.subjects:
         row = existing.get(subject.code)
         values = {
@@ -216,7 +217,7 @@ def install(conn: Connection, chart: Chart, posting_rules: Rules) -> None:
             "leaf": subject.leaf,
         }
         if row is None:
-            conn.execute(subjects.insert().values(code=subject.code, **values))
+            missing.append({"code": subject.code, **values})
             continue
         if subject.code in used and (
             (row.type, row.normal_side, row.parent_code, row.leaf)
@@ -229,6 +230,8 @@ def install(conn: Connection, chart: Chart, posting_rules: Rules) -> None:
             )
         if any(getattr(row, name) != value for name, value in values.items()):
             conn.execute(subjects.update().where(subjects.c.code == subject.code).values(**values))
+    if missing:
+        conn.execute(subjects.insert(), missing)
     wanted = _rule_rows(posting_rules)
     if all(_rows_of(conn, table) == rows for table, rows in wanted.items()):
         return  # the usual case: nothing changed, nothing written, no lock taken

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -194,8 +195,15 @@ def load_public_key(pem: str | bytes) -> rsa.RSAPublicKey:
 
 def load_private_key(pem: str | bytes) -> rsa.RSAPrivateKey:
     """An unencrypted RSA private key from PEM (PKCS#8 or PKCS#1); ``KeyInvalid`` otherwise."""
+    return _load_private_key(_pem_bytes(pem))
+
+
+# Loading checks the key's mathematics (about 30 ms for 2048 bits); the same few keys are loaded again
+# and again (every app start, every platform key lookup), and a loaded key is immutable.
+@functools.lru_cache(maxsize=32)
+def _load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
     try:
-        key = serialization.load_pem_private_key(_pem_bytes(pem), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyInvalid(f"not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, rsa.RSAPrivateKey):
