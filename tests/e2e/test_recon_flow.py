@@ -249,3 +249,38 @@ def test_the_console_works_a_day_over_http(payments, sandbox, tmp_path, monkeypa
     assert approved.status_code == 200 and approved.json()["entry"].startswith("je_")
     detail = admin.get(base).json()
     assert (detail["state"], [step["action"] for step in detail["history"]]) == ("resolved", ["resolve", "approve"])
+
+
+def test_a_line_billed_again_after_its_day_matched_is_a_duplicate_and_a_late_bill_is_refused(
+    payments, sandbox, tmp_path, monkeypatch
+):
+    """A line that agreed on its day (left as it was by the run) still counts as matched: the same
+    trade on the next day's bill is a duplicate. A new bill for a reconciled day imports nothing."""
+    shop = payments.merchant("recon-again")
+    order = payments.create_order(shop, "again-1", amount=7_000)
+    payments.pay(order, "wechatpay")
+    attempt = paid_attempt(payments, order)
+    row = {row["商户订单号"]: row for row in sandbox.wechatpay.bill_rows(today())}[attempt]
+    tomorrow = today() + dt.timedelta(days=1)
+
+    def bill(day: dt.date, name: str) -> Path:
+        return write_bill(sandbox, day, [row], tmp_path / name, monkeypatch)
+
+    service.import_bill(payments.engine, channel=CHANNEL, bill_date=today(), path=bill(today(), "a.csv"), fmt="wechat")
+    first = service.run(payments.engine, channel=CHANNEL, bill_date=today(), registry=payments.registry)
+    assert (first.matched_count, first.matched_amount, first.counts) == (1, 7_000, {})
+
+    with pytest.raises(ZhangfangError) as refused:
+        path = tmp_path / "late.csv"
+        path.write_bytes(bill(today(), "b.csv").read_bytes() + b"\r\n")  # other bytes, the same day
+        service.import_bill(payments.engine, channel=CHANNEL, bill_date=today(), path=path, fmt="wechat")
+    assert refused.value.code == "recon_run_exists"
+    with payments.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM recon_bills")).scalar_one() == 1
+
+    service.import_bill(
+        payments.engine, channel=CHANNEL, bill_date=tomorrow, path=bill(tomorrow, "c.csv"), fmt="wechat"
+    )
+    second = service.run(payments.engine, channel=CHANNEL, bill_date=tomorrow, registry=payments.registry)
+    assert second.matched_count == 0
+    assert second.counts == {"duplicate": {"count": 1, "amount": 7_000}}

@@ -52,3 +52,19 @@ def test_posting_amounts_are_positive_and_keys_unique(engine):
         "INSERT INTO ledger_entries (ref, idempotency_key, request_hash, kind, business_code, accounting_date, "
         "created_at) VALUES ('je_dup', 't', 'h', 'entry', 'x', '2026-01-01', '2026-01-01T00:00:00+00:00')",
     )
+
+
+def test_sides_effects_and_kinds_come_from_closed_sets(engine):
+    source, alice = bank(engine), wallet(engine, "alice")
+    entry = transfer(engine, "t", source.ref, alice.ref, 100).entry
+    for side, effect in (("side", "posted"), ("debit", "later"), ("Debit", "posted")):
+        violate(
+            engine,
+            "INSERT INTO ledger_postings (entry_id, seq, account_id, side, effect, amount, currency) "
+            f"VALUES ({entry.id}, 9, {alice.id}, '{side}', '{effect}', 1, 'CNY')",
+        )
+    violate(
+        engine,
+        "INSERT INTO ledger_entries (ref, idempotency_key, request_hash, kind, business_code, accounting_date, "
+        "created_at) VALUES ('je_kind', 'k', 'h', 'gift', 'x', '2026-01-01', '2026-01-01T00:00:00+00:00')",
+    )

@@ -67,3 +67,15 @@ def sum_minor(expression: Any) -> Any:
     in minor units is an ``int`` everywhere else, so the sum is cast back in SQL.
     """
     return sa.cast(sa.func.sum(expression), sa.BigInteger)
+
+
+def one_of(column: str, values: Sequence[str]) -> str:
+    """A CHECK condition that ``column`` holds one of ``values``: ``(column = 'a' OR column = 'b')``.
+
+    For tables written in bulk. SQLite evaluates ``column IN ('a', 'b')`` in a CHECK by building an
+    ephemeral table on every row it writes: a million bill lines paid 2.9 s for two such checks, the
+    same checks as ``=``/``OR`` chains cost nothing measurable. PostgreSQL runs both alike.
+    """
+    if not values or any("'" in value for value in values):
+        raise ValueError("one_of takes plain string constants")
+    return "(" + " OR ".join(f"{column} = '{value}'" for value in values) + ")"

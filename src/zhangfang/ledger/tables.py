@@ -27,9 +27,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from zhangfang.db.metadata import BigId, metadata
+from zhangfang.db.sql import one_of
 from zhangfang.db.types import UtcDateTime
 
 Money = sa.BigInteger  # integer minor units, always
+ENTRY_KINDS = ("entry", "reversal", "hold", "hold_post", "hold_void", "hold_expire")
+POSTING_SIDES = ("debit", "credit")
+POSTING_EFFECTS = ("posted", "pending", "release")
 
 accounts = sa.Table(
     "ledger_accounts",
@@ -92,9 +96,7 @@ journal_entries = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("seal_seq", sa.BigInteger, nullable=True, unique=True, comment="position in the hash chain"),
     sa.Column("seal", sa.String(64), nullable=True, comment="sha256(previous seal, content hash)"),
-    sa.CheckConstraint(
-        "kind IN ('entry', 'reversal', 'hold', 'hold_post', 'hold_void', 'hold_expire')", name="kind_valid"
-    ),
+    sa.CheckConstraint(one_of("kind", ENTRY_KINDS), name="kind_valid"),
     sa.CheckConstraint("(seal_seq IS NULL) = (seal IS NULL)", name="sealed_together"),
     sa.Index("ix_ledger_entries_accounting_date", "accounting_date"),
     sa.Index(
@@ -123,8 +125,8 @@ postings = sa.Table(
     sa.Column("amount", Money, nullable=False),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
-    sa.CheckConstraint("side IN ('debit', 'credit')", name="side_valid"),
-    sa.CheckConstraint("effect IN ('posted', 'pending', 'release')", name="effect_valid"),
+    sa.CheckConstraint(one_of("side", POSTING_SIDES), name="side_valid"),
+    sa.CheckConstraint(one_of("effect", POSTING_EFFECTS), name="effect_valid"),
     sa.Index("ix_ledger_postings_account_entry", "account_id", "entry_id"),
 )
 

@@ -25,13 +25,17 @@ Matching (``run``), per channel and bill date, in SQL:
   last ``carry_seconds`` of the day, when it is carried to the next day's run first
   (跨日); a record of ours with no line is ``platform_only`` (短款) under the same rule.
 
-The lines that agree are marked matched by one ``UPDATE`` per side; only what is
-left is read into Python (a stream, with our records fetched for a thousand lines
-at a time) and classified.
+The lines that agree are never written: the database finds the others (an
+anti-join against our records) and only those are read into Python (a stream,
+with our records fetched for a thousand lines at a time), classified, and marked
+``differs`` or ``carried``. A line still ``new`` once its day has had its run is
+a matched line; rewriting a million agreeing lines cost more than the rest of
+the run together.
 
 Guarantees
 - A run happens once per channel and date; every pooled line ends matched,
-  carried, or in exactly one discrepancy.
+  carried, or in exactly one discrepancy. A new bill for a day that has had its
+  run is refused (``recon_run_exists``): nothing would ever match its lines.
 - Nothing here moves money: resolutions that do go through the ledger (``workflow``).
 """
 
@@ -135,6 +139,11 @@ def import_bill(
         if existing is not None:
             return ImportResult(
                 existing.ref, channel, bill_date, existing.line_count, (), existing.totals, replayed=True
+            )
+        if conn.execute(sa.select(runs.c.id).where(runs.c.channel == channel, runs.c.bill_date == bill_date)).first():
+            raise errors.ReconRunExists(
+                f"{channel} {bill_date} is reconciled already: a bill imported now would never be matched",
+                field="bill_date",
             )
         ref = ids.new_id("rcb")
         bill_id = conn.execute(
@@ -374,37 +383,33 @@ def run(
             "payment": reconciliation.succeeded_payments(channel, since, end, fee_sql),
             "refund": reconciliation.succeeded_refunds(channel, since, end),
         }
-        for kind, records in sides.items():
-            _match_in_bulk(conn, run_id, kind, records, in_pool)
-        carried = 0
+        carried = late_matched = late_matched_amount = 0
         new_rows: list[dict[str, Any]] = []
         line_states: dict[int, str] = {}
-        # What is left of the pool differs from our records (few lines, read as a stream, our records of
-        # a thousand lines at a time).
-        leftover = conn.execute(
-            sa.select(bill_lines).where(in_pool).order_by(bill_lines.c.id).execution_options(yield_per=1000)
-        )
-        for lines in leftover.partitions():
-            ours = _records_for(conn, sides, lines)
-            for line in lines:
-                record = ours.get((line.kind, line.order_ref)) if line.order_ref else None
-                if record is None:
-                    if line.occurred_at is not None and line.occurred_at >= carry_from:
-                        # 跨日: our record may be dated the next day (a late notify); that run pools this line again
-                        line_states[line.id] = "carried"
-                        carried += 1
-                        continue
-                    known = reconciliation.find_trade(conn, kind=line.kind, ref=line.order_ref)
-                    new_rows.append(_discrepancy(run_id, channel, bill_date, "channel_only", line, known, now))
-                else:
-                    klass = _compare(line, record)
-                    if klass is None:  # agrees after all (the bulk match is stricter on nothing; kept for safety)
-                        conn.execute(
-                            bill_lines.update().where(bill_lines.c.id == line.id).values(state="matched", run_id=run_id)
-                        )
-                        continue
-                    new_rows.append(_discrepancy(run_id, channel, bill_date, klass, line, record, now))
-                line_states[line.id] = "differs"
+        # Only the lines that may differ are read (the day's lines with no agreeing record, and the lines
+        # carried from earlier days): a stream, with our records fetched a thousand lines at a time.
+        for query in (_disagreeing(in_pool, bill_date, sides), _carried_in(in_pool, bill_date)):
+            for lines in conn.execute(query.execution_options(yield_per=1000)).partitions():
+                ours = _records_for(conn, sides, lines)
+                for line in lines:
+                    record = ours.get((line.kind, line.order_ref)) if line.order_ref else None
+                    if record is None:
+                        if line.occurred_at is not None and line.occurred_at >= carry_from:
+                            # 跨日: our record may be dated the next day (a late notify); that run pools it again
+                            line_states[line.id] = "carried"
+                            carried += 1
+                            continue
+                        known = reconciliation.find_trade(conn, kind=line.kind, ref=line.order_ref)
+                        new_rows.append(_discrepancy(run_id, channel, bill_date, "channel_only", line, known, now))
+                    else:
+                        klass = _compare(line, record)
+                        if klass is None:  # a line carried from an earlier day whose record has come
+                            line_states[line.id] = "matched"
+                            late_matched += 1
+                            late_matched_amount += line.amount
+                            continue
+                        new_rows.append(_discrepancy(run_id, channel, bill_date, klass, line, record, now))
+                    line_states[line.id] = "differs"
         # Our records no line of the bill carries.
         for kind, records in sides.items():
             for record in conn.execute(_unlined(kind, records, channel)).mappings():
@@ -412,14 +417,16 @@ def run(
                     carried += 1  # may be on tomorrow's bill: the next run pools it again
                     continue
                 new_rows.append(_discrepancy(run_id, channel, bill_date, "platform_only", None, dict(record), now))
-        _set_states(conn, line_states)
+        _set_states(conn, line_states, run_id)
         if new_rows:
             conn.execute(discrepancies.insert(), new_rows)
-        matched_count, matched_amount = conn.execute(
+        # What is left "new" of the day agreed with our records: with this run it counts as matched.
+        agreed, agreed_amount = conn.execute(
             sa.select(sa.func.count(), sa.func.coalesce(sum_minor(bill_lines.c.amount), 0)).where(
-                bill_lines.c.run_id == run_id, bill_lines.c.state == "matched"
+                bill_lines.c.channel == channel, bill_lines.c.bill_date == bill_date, bill_lines.c.state == "new"
             )
         ).one()
+        matched_count, matched_amount = agreed + late_matched, agreed_amount + late_matched_amount
         counts: dict[str, dict[str, int]] = {}
         for row in conn.execute(
             sa.select(
@@ -470,6 +477,7 @@ def _mark_duplicates(
                     earlier.c.state == "matched",
                     sa.and_(earlier.c.bill_date == bill_date, earlier.c.state == "new"),
                     sa.and_(earlier.c.bill_date < bill_date, earlier.c.state == "carried"),
+                    sa.and_(earlier.c.bill_date < bill_date, earlier.c.state == "new", _day_reconciled(earlier)),
                 ),
             ),
         )
@@ -480,33 +488,39 @@ def _mark_duplicates(
         discrepancies.insert(),
         [_discrepancy(run_id, channel, bill_date, "duplicate", line, None, now) for line in extra],
     )
-    _set_states(conn, {line.id: "differs" for line in extra})
+    _set_states(conn, {line.id: "differs" for line in extra}, run_id)
 
 
-def _match_in_bulk(
-    conn: Connection, run_id: int, kind: str, records: sa.Select, in_pool: sa.ColumnElement[bool]
-) -> None:
-    """Mark matched, in one UPDATE, every pooled line that agrees with our record of its number.
+def _day_reconciled(line: sa.FromClause) -> sa.ColumnElement[bool]:
+    """The line's day has had its run (so a line of it still "new" agreed with our record)."""
+    return sa.exists().where(runs.c.channel == line.c.channel, runs.c.bill_date == line.c.bill_date)
 
-    PostgreSQL: ``UPDATE … FROM`` the join, so the lines are rewritten in the order a sequential scan
-    meets them (a million lines: 36–41 s against 61–65 s for ``id IN (…)``, which looks each one up by
-    its id); SQLite: ``id IN (…)``, which it runs faster than its ``UPDATE … FROM``.
-    """
-    record = records.subquery("record")
-    agrees = (
-        in_pool,
-        bill_lines.c.kind == kind,
-        bill_lines.c.amount == record.c.amount,
-        bill_lines.c.currency == record.c.currency,
-        sa.or_(bill_lines.c.status.is_(None), bill_lines.c.status.in_(SUCCESS_STATUSES)),
-        sa.or_(record.c.fee.is_(None), bill_lines.c.fee == record.c.fee),
+
+def _disagreeing(in_pool: sa.ColumnElement[bool], bill_date: dt.date, sides: dict[str, sa.Select]) -> sa.Select:
+    """The day's pooled lines that no record of ours agrees with: same number, amount, currency and fee,
+    and a status that says the trade went through. Anti-joins, so the database reads the million lines
+    that agree and writes none of them."""
+    agreeing = []
+    for kind, records in sides.items():
+        record = records.subquery(f"{kind}_record")
+        agreeing.append(
+            ~sa.exists().where(
+                record.c.ref == bill_lines.c.order_ref,
+                bill_lines.c.kind == kind,
+                bill_lines.c.amount == record.c.amount,
+                bill_lines.c.currency == record.c.currency,
+                sa.or_(bill_lines.c.status.is_(None), bill_lines.c.status.in_(SUCCESS_STATUSES)),
+                sa.or_(record.c.fee.is_(None), bill_lines.c.fee == record.c.fee),
+            )
+        )
+    return (
+        sa.select(bill_lines).where(in_pool, bill_lines.c.bill_date == bill_date, *agreeing).order_by(bill_lines.c.id)
     )
-    if conn.dialect.name == "postgresql":
-        condition = sa.and_(record.c.ref == bill_lines.c.order_ref, *agrees)
-    else:
-        agreeing = sa.select(bill_lines.c.id).join(record, record.c.ref == bill_lines.c.order_ref).where(*agrees)
-        condition = bill_lines.c.id.in_(agreeing)
-    conn.execute(bill_lines.update().where(condition).values(state="matched", run_id=run_id))
+
+
+def _carried_in(in_pool: sa.ColumnElement[bool], bill_date: dt.date) -> sa.Select:
+    """The pooled lines carried from earlier days: each now matches, differs, or is channel-only."""
+    return sa.select(bill_lines).where(in_pool, bill_lines.c.bill_date < bill_date).order_by(bill_lines.c.id)
 
 
 def _records_for(
@@ -578,13 +592,14 @@ def _discrepancy(
     }
 
 
-def _set_states(conn: Connection, states: dict[int, str]) -> None:
+def _set_states(conn: Connection, states: dict[int, str], run_id: int) -> None:
+    """Write the lines the run decided one by one (never the day's agreeing lines: they stay "new")."""
     by_state: dict[str, list[int]] = {}
     for line_id, state in states.items():
         by_state.setdefault(state, []).append(line_id)
     for state, line_ids in by_state.items():
         for chunk in _chunks(line_ids, 10_000):
-            conn.execute(bill_lines.update().where(bill_lines.c.id.in_(chunk)).values(state=state))
+            conn.execute(bill_lines.update().where(bill_lines.c.id.in_(chunk)).values(state=state, run_id=run_id))
 
 
 def _chunks(values: list[int], size: int) -> Iterable[list[int]]:

@@ -15,9 +15,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from zhangfang.db.metadata import BigId, metadata
+from zhangfang.db.sql import one_of
 from zhangfang.db.types import UtcDateTime
 
 Money = sa.BigInteger
+LINE_KINDS = ("payment", "refund", "credit", "debit")
+LINE_STATES = ("new", "matched", "carried", "differs")
 
 DISCREPANCY_CLASSES = (
     "channel_only",  # 长款: on the channel's bill, not in our records of the day
@@ -64,14 +67,15 @@ bill_lines = sa.Table(
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("status", sa.String(32), nullable=True),
     sa.Column("occurred_at", UtcDateTime, nullable=True),
+    # A line its day's run found in agreement is left "new" (the run writes only the few that are not):
+    # "new" on a day that has had its run means matched.
     sa.Column("state", sa.String(10), nullable=False, comment="new | matched | carried | differs"),
-    sa.Column("run_id", BigId, nullable=True, comment="the run that matched it (recon_runs.id)"),
+    sa.Column("run_id", BigId, nullable=True, comment="the run that marked it (recon_runs.id), if one did"),
     sa.CheckConstraint("amount > 0 AND fee >= 0", name="amounts_valid"),
-    sa.CheckConstraint("kind IN ('payment', 'refund', 'credit', 'debit')", name="kind_valid"),
-    sa.CheckConstraint("state IN ('new', 'matched', 'carried', 'differs')", name="state_valid"),
+    sa.CheckConstraint(one_of("kind", LINE_KINDS), name="kind_valid"),
+    sa.CheckConstraint(one_of("state", LINE_STATES), name="state_valid"),
     sa.Index("ix_recon_bill_lines_channel_date", "channel", "bill_date"),
     sa.Index("ix_recon_bill_lines_order_ref", "order_ref"),
-    sa.Index("ix_recon_bill_lines_run", "run_id"),
 )
 
 runs = sa.Table(
