@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -67,7 +68,7 @@ from zhangfang.recon.importers import LineBatch, LineError, iter_statement
 from zhangfang.recon.tables import bill_lines, bills, discrepancies, runs
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-INSERT_BATCH = 5_000
+INSERT_BATCH = 50000
 CARRY_SECONDS_DEFAULT = 1_800  # items in the last half hour of a day may be on the next day's bill
 # What the channels' bills say of a trade that went through (a line with no status — the direct banks
 # list succeeded trades only — went through too); anything else is a status mismatch.
@@ -223,9 +224,10 @@ class _LineWriter:
     """Writes a bill's lines by the database's bulk path, a column at a time, while the file is read on.
 
     PostgreSQL: one ``COPY`` for the whole bill, fed text built with a few ``str.join`` calls per
-    batch; SQLite: one ``executemany`` of zipped columns per batch — no per-line Python beyond that (a
-    per-line function call costs as much as the parsing). The database's side of a batch runs in a
-    helper thread (libpq's send and SQLite's steps let go of the GIL) while the next batch is parsed;
+    batch; SQLite: one ``INSERT … SELECT … FROM json_each(?)`` per batch, its rows one JSON text — no
+    per-line Python beyond that (a per-line function call costs as much as the parsing). The
+    database's side of a batch runs in a helper thread (libpq's send and SQLite's statement let go
+    of the GIL) while the next batch is parsed;
     at most one batch is in flight, so memory does not grow with the file. Use it as a context manager:
     leaving it waits for the last batch and raises what writing raised.
     """
@@ -242,7 +244,13 @@ class _LineWriter:
                 str(bill_id), channel.translate(_COPY_SPECIAL), bill_date.isoformat()
             )  # fmt: skip
         else:
-            self.insert_sql = f"INSERT INTO recon_bill_lines ({names}) VALUES ({', '.join('?' * len(LINE_COLUMNS))})"
+            # One statement per batch, its rows a JSON array that SQLite takes apart itself: the whole
+            # insert then runs in SQLite's C with the GIL let go, beside the parsing of the next batch
+            # (``executemany`` binds every value under the GIL and so ran after the parsing, not beside it).
+            per_line = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(LINE_COLUMNS) - 4))
+            self.insert_sql = (
+                f"INSERT INTO recon_bill_lines ({names}) SELECT ?, ?, ?, {per_line}, 'new' FROM json_each(?)"
+            )
             to_db = bill_lines.c.bill_date.type.bind_processor(dialect)
             self.constants = (bill_id, channel, _sqlite_value(to_db(bill_date) if to_db else bill_date))
             self.time_to_db = bill_lines.c.occurred_at.type.bind_processor(dialect)
@@ -280,25 +288,25 @@ class _LineWriter:
         if self.postgres:
             work: Callable[[], None] = partial(self._copy.write, "".join(map(self._copy_text, batches)))
         else:
-            work = partial(self._insert, list(chain.from_iterable(map(self._rows, batches))))
+            rows = json.dumps(list(chain.from_iterable(map(self._rows, batches))), ensure_ascii=False)
+            work = partial(self._insert, rows)
         if self._in_flight is not None:
             in_flight, self._in_flight = self._in_flight, None
             in_flight.result()
         self._in_flight = self._helper.submit(work)
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+    def _insert(self, rows: str) -> None:
         # The cursor is closed here, in the helper thread: left to the garbage collector of the main
         # thread, it would reset its (cached, shared) statement while the next batch is being written.
-        self.driver.executemany(self.insert_sql, rows).close()
+        self.driver.execute(self.insert_sql, (*self.constants, rows)).close()
 
     def _rows(self, batch: LineBatch) -> Iterable[tuple[Any, ...]]:
+        """The batch's lines as rows of the columns that vary (the bill, channel, date and state do not)."""
         to_db = self.time_to_db
         times = {at: None if at is None else _sqlite_value(to_db(at) if to_db else at) for at in set(batch.occurred_at)}
-        bill_id, channel, day = self.constants
         return zip(
-            repeat(bill_id), repeat(channel), repeat(day), batch.line_no, batch.kind, batch.channel_ref,
-            batch.order_ref, batch.amount, batch.fee, batch.currency, _statuses(batch.status),
-            map(times.__getitem__, batch.occurred_at), repeat("new"),
+            batch.line_no, batch.kind, batch.channel_ref, batch.order_ref, batch.amount, batch.fee, batch.currency,
+            _statuses(batch.status), map(times.__getitem__, batch.occurred_at),
         )  # fmt: skip
 
     def _copy_text(self, batch: LineBatch) -> str:
