@@ -52,7 +52,7 @@ class AssignIn(BaseModel):
     assignee: str
 
 
-@router.post("/bills", summary="Import a channel's bill for a day (the file as the body)", responses=_errors(422))
+@router.post("/bills", summary="Import a channel's bill for a day (the file as the body)", responses=_errors(409, 422))
 async def import_bill(
     request: Request,
     channel: str,
