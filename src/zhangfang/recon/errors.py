@@ -8,8 +8,8 @@ Reading a bill or statement (``importers.iter_statement``), checked before any b
                                     known ``BankProfile`` code (``icbc``, ``cmb``)
  4. ``recon_source_invalid``        the source is neither a path nor a binary stream
 
-Importing (``service.import_bill``): ``bill_date_invalid``, the reader's errors above, ``recon_run_exists`` (a new
-bill for a day already reconciled: nothing would ever match its lines; the same file again is a replay), then
+Importing (``service.import_bill``): ``bill_date_invalid``, ``recon_run_exists`` (a new bill for a day already
+reconciled: nothing would ever match its lines; the same file again is a replay), the reader's errors above, then
 ``recon_file_invalid`` (malformed lines, with their numbers and reasons; nothing imported unless ``partial``).
 
 Matching (``service.run``): ``bill_date_invalid``, ``recon_run_exists`` (the channel's day is reconciled already).
