@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="How long an API process trusts a merchant it read (status, keys) before reading it again; "
         "changes made through the same process apply at once. 0: read on every request.",
     )
+    settlement_calendar_file: Path | None = Field(
+        default=None,
+        description="TOML: the State Council's published holiday schedule (节假日安排) for the years after the "
+        "last one the installed chinese-calendar covers, a table per year with holidays and working_days "
+        "(weekend days worked) as lists of dates (docs/settlement.md).",
+    )
     accounting_chart_file: Path | None = Field(
         default=None,
         description="TOML chart of accounts (会计科目表); the packaged chart of a payment institution when unset.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -19,11 +20,13 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from zhangfang.cli.main import app, exit_code_for
+from zhangfang.config import get_settings
 from zhangfang.db.migrate import alembic_config
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.errors import Conflict, InvalidInput, NotFound, Rejected, Unauthorized
 from zhangfang.ledger import service as ledger
 from zhangfang.ledger.tables import journal_entries
+from zhangfang.settlement.calendar import CHINESE_WORKING_DAYS
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -441,3 +444,25 @@ def test_db_upgrade_creates_a_missing_postgresql_database(postgres_database):
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_a_bad_published_holiday_file_stops_every_command_and_a_good_one_extends_the_calendar(
+    cli, tmp_path, monkeypatch
+):
+    year = CHINESE_WORKING_DAYS.last_year + 1
+    schedule = tmp_path / "holidays.toml"
+    monkeypatch.setenv("ZHANGFANG_SETTLEMENT_CALENDAR_FILE", str(schedule))
+    get_settings.cache_clear()
+    try:
+        schedule.write_text(f"[{year}]\nworking_days = [{year}-01-06]\n", encoding="utf-8")  # not a weekend day
+        bad = cli("db", "current", expect=2)
+        assert bad.stderr.startswith("error: settlement_calendar_file_invalid: ")
+        assert CHINESE_WORKING_DAYS.last_year == year - 1
+
+        schedule.write_text(f"[{year}]\nholidays = [{year}-01-01]\n", encoding="utf-8")
+        cli("db", "current")
+        assert CHINESE_WORKING_DAYS.last_year == year
+        assert not CHINESE_WORKING_DAYS.is_working_day(dt.date(year, 1, 1))
+    finally:
+        CHINESE_WORKING_DAYS.publish({}, source="")
+        get_settings.cache_clear()

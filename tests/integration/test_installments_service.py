@@ -32,7 +32,7 @@ from zhangfang.mandates.models import Limits, Mandate
 from zhangfang.parties.models import Merchant
 from zhangfang.payments import postings
 from zhangfang.settlement import service as settlement
-from zhangfang.settlement.calendar import DEFAULT_CYCLE, business_dates_settling_on
+from zhangfang.settlement.calendar import CHINESE_WORKING_DAYS, DEFAULT_CYCLE, PublishedYear, business_dates_settling_on
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 LIMITS = Limits(per_debit=500_000, per_day=1_000_000, per_month=1_000_000, total=5_000_000)
@@ -317,6 +317,20 @@ def test_plans_are_listed_newest_first_by_merchant_and_state(env, shop, mandate)
 # --------------------------------------------------------------------------- advance mode and settlement
 
 
+@pytest.fixture
+def calendar_beyond_the_package():
+    """The settlement calendar with one more year than chinese-calendar has, made up (weekends off only).
+
+    The test below settles on the real next working day; in the package's last days of December that
+    day lies in a year only a published schedule (``settlement_calendar_file``) can give.
+    """
+    year = CHINESE_WORKING_DAYS.last_year + 1
+    CHINESE_WORKING_DAYS.publish({year: PublishedYear(year, frozenset(), frozenset())}, source="made-up weekends")
+    yield
+    CHINESE_WORKING_DAYS.publish({}, source="")
+
+
+@pytest.mark.usefixtures("calendar_beyond_the_package")
 def test_an_advance_plan_credits_the_principal_and_settlement_deducts_what_was_collected(env, shop, mandate):
     plan, _ = create(env, shop, **computed(env, mandate, mode="advance"))
     schedule = build_schedule(PRINCIPAL, Decimal("0.12"), 3, "equal-installment", env.today)

@@ -34,7 +34,10 @@ from zhangfang.settlement.calendar import (
     DEFAULT_CYCLE,
     Cycle,
     CycleKind,
+    WorkingDayCalendar,
     business_dates_settling_on,
+    install_published_years,
+    read_published_years,
     settlement_date,
 )
 
@@ -387,3 +390,88 @@ def test_consecutive_runs_pay_every_business_date_exactly_once(first: dt.date, c
     assert paid == sorted(paid)
     if paid:
         assert paid == [paid[0] + dt.timedelta(days=i) for i in range(len(paid))]
+
+
+# --------------------------------------------------------------------------- published schedules (a file)
+
+# A made-up schedule in the State Council's shape, for these tests only: not the real one of any year.
+NEXT_YEAR = CHINESE_WORKING_DAYS.last_year + 1
+SCHEDULE = f"""
+[{NEXT_YEAR}]
+holidays = [{NEXT_YEAR}-01-01, {NEXT_YEAR}-01-04, {NEXT_YEAR}-01-05]
+working_days = [{NEXT_YEAR}-01-09]  # a Saturday or Sunday worked in their place (调休)
+"""
+
+
+def published_calendar(tmp_path, text: str = SCHEDULE) -> WorkingDayCalendar:  # type: ignore[no-untyped-def]
+    path = tmp_path / "holidays.toml"
+    path.write_text(text, encoding="utf-8")
+    calendar = WorkingDayCalendar.from_chinese_calendar()
+    calendar.publish(read_published_years(path), source=str(path))
+    return calendar
+
+
+def test_a_published_schedule_covers_the_year_after_the_package(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    calendar = published_calendar(tmp_path)
+    assert calendar.last_year == NEXT_YEAR
+    assert "holidays.toml" in calendar.source
+    january = [dt.date(NEXT_YEAR, 1, day) for day in range(1, 15)]
+    listed_off = {dt.date(NEXT_YEAR, 1, day) for day in (1, 4, 5)}
+    worked_weekend = dt.date(NEXT_YEAR, 1, 9)
+    assert worked_weekend.weekday() >= 5
+    for day in january:
+        expected = day == worked_weekend or (day.weekday() < 5 and day not in listed_off)
+        assert calendar.is_working_day(day) == expected, day
+    # T1 of the package's last December 31 now has an answer: the first working day of the new year
+    last_day = dt.date(NEXT_YEAR - 1, 12, 31)
+    first_working = next(day for day in january if calendar.is_working_day(day))
+    assert settlement_date(last_day, T1, calendar=calendar) == calendar.next_working_day(last_day) == first_working
+    assert last_day in business_dates_settling_on(first_working, T1, calendar=calendar)
+    with pytest.raises(errors.SettlementCalendarUnknownYear):
+        calendar.is_working_day(dt.date(NEXT_YEAR + 1, 1, 4))
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[2027\nholidays = [", "file"),
+        (f"[{NEXT_YEAR - 1}]\nholidays = []", "file"),  # the package has that year: its data wins
+        (f"[{NEXT_YEAR + 1}]\nholidays = []", "file"),  # a gap: the year in between is unknown
+        ("[next]\nholidays = []", "next"),
+        (f"[{NEXT_YEAR}]\nholidays = []\nhalf_days = []", str(NEXT_YEAR)),
+        (f"[{NEXT_YEAR}]\nholidays = {NEXT_YEAR}-01-01", f"{NEXT_YEAR}.holidays"),
+        (f'[{NEXT_YEAR}]\nholidays = ["{NEXT_YEAR}-01-01"]', f"{NEXT_YEAR}.holidays"),  # text, not a date
+        (f"[{NEXT_YEAR}]\nholidays = [{NEXT_YEAR + 1}-01-01]", f"{NEXT_YEAR}.holidays"),  # another year
+        (f"[{NEXT_YEAR}]\nholidays = [{NEXT_YEAR}-01-01T08:00:00]", f"{NEXT_YEAR}.holidays"),
+        (
+            f"[{NEXT_YEAR}]\nholidays = [{NEXT_YEAR}-01-09]\nworking_days = [{NEXT_YEAR}-01-09]",
+            f"{NEXT_YEAR}.working_days",
+        ),
+        (f"[{NEXT_YEAR}]\nworking_days = [{NEXT_YEAR}-01-06]", f"{NEXT_YEAR}.working_days"),  # a weekday
+    ],
+)
+def test_a_schedule_file_that_breaks_a_rule_is_refused_whole(tmp_path, text: str, field: str) -> None:  # type: ignore[no-untyped-def]
+    calendar = WorkingDayCalendar.from_chinese_calendar()
+    with pytest.raises(errors.SettlementCalendarFileInvalid) as raised:
+        published_calendar(tmp_path, text)
+    assert raised.value.code == "settlement_calendar_file_invalid"
+    assert raised.value.field == field
+    assert (calendar.last_year, calendar.source) == (CHINESE_WORKING_DAYS.last_year, CHINESE_WORKING_DAYS.source)
+
+
+def test_the_configured_file_extends_the_process_calendar_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "holidays.toml"
+    path.write_text(SCHEDULE, encoding="utf-8")
+    own_last_year = CHINESE_WORKING_DAYS.last_year
+    install_published_years(None)  # nothing configured: nothing changes
+    assert CHINESE_WORKING_DAYS.last_year == own_last_year
+    try:
+        install_published_years(path)
+        assert CHINESE_WORKING_DAYS.last_year == NEXT_YEAR
+        assert settlement_date(dt.date(NEXT_YEAR, 1, 2), T1) == published_calendar(tmp_path).next_working_day(
+            dt.date(NEXT_YEAR, 1, 2)
+        )
+        assert not CHINESE_WORKING_DAYS.is_working_day(dt.date(NEXT_YEAR, 1, 4))  # the file's holiday
+    finally:
+        CHINESE_WORKING_DAYS.publish({}, source="")
+    assert CHINESE_WORKING_DAYS.last_year == own_last_year

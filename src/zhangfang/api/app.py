@@ -53,6 +53,7 @@ from zhangfang.payments import api as payments_api
 from zhangfang.payments import flows as payment_flows
 from zhangfang.recon import api as recon_api
 from zhangfang.settlement import api as settlement_api
+from zhangfang.settlement import calendar as settlement_calendar
 from zhangfang.web import cashier
 
 logger = logging.getLogger("zhangfang.api")
@@ -298,6 +299,7 @@ def create_app(
     if registry is not None:
         channel_registry.install(registry)
     payment_flows.install_settings(settings)
+    settlement_calendar.install_published_years(settings.settlement_calendar_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

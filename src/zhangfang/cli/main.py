@@ -55,6 +55,7 @@ from zhangfang.payments import flows as payment_flows
 from zhangfang.payments.cli import app as payments_app
 from zhangfang.payments.cli import channels_app
 from zhangfang.recon.cli import app as recon_app
+from zhangfang.settlement import calendar as settlement_calendar
 from zhangfang.settlement.cli import app as settlement_app
 
 EXIT_REFUSED = 2
@@ -124,6 +125,7 @@ def main(
     settings = get_settings()
     if database_url:
         settings = settings.model_copy(update={"database_url": database_url})
+    settlement_calendar.install_published_years(settings.settlement_calendar_file)
     state = CliState(settings=settings)
     ctx.obj = state
     ctx.call_on_close(state.close)

@@ -42,15 +42,24 @@ Guarantees
   its holiday schedule (usually in November). Near the end of the covered range
   an answer that needs the next year (T1 of December 31) is refused too.
   ``D`` cycles do not consult the calendar and work for any date.
+- Until the package has it, operations can give the published schedule of the
+  following years in a file (``ZHANGFANG_SETTLEMENT_CALENDAR_FILE``, read by
+  ``read_published_years``; ``install_published_years`` extends
+  ``CHINESE_WORKING_DAYS`` with it at start-up). Its years must follow the
+  package's last year without a gap; a year the package knows is refused (the
+  package's data wins, never two answers for one date). A bad file is refused
+  whole with ``settlement_calendar_file_invalid``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar
 
 import chinese_calendar
@@ -63,8 +72,11 @@ __all__ = [
     "DEFAULT_CYCLE",
     "Cycle",
     "CycleKind",
+    "PublishedYear",
     "WorkingDayCalendar",
     "business_dates_settling_on",
+    "install_published_years",
+    "read_published_years",
     "settlement_date",
 ]
 
@@ -81,6 +93,67 @@ def _check_date(value: Any, field: str) -> dt.date:
     return value
 
 
+@dataclass(frozen=True)
+class PublishedYear:
+    """One year of the State Council's holiday schedule (节假日安排): the days off, and the weekend days
+    worked instead (调休). Every other Monday to Friday is a working day."""
+
+    year: int
+    holidays: frozenset[dt.date]
+    working_days: frozenset[dt.date]
+
+    def is_working_day(self, day: dt.date) -> bool:
+        return day in self.working_days or (day.weekday() < 5 and day not in self.holidays)
+
+
+def read_published_years(path: Path) -> dict[int, PublishedYear]:
+    """The published schedules in a TOML file: a table per year, ``holidays`` and ``working_days`` lists of dates.
+
+    ``settlement_calendar_file_invalid`` (``field`` names the year and list at fault) for a file that
+    cannot be read, a key that is not a year, a list that is not of dates of that year, a day in both
+    lists, or a working day that is not a Saturday or Sunday.
+    """
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise errors.SettlementCalendarFileInvalid(f"{path}: cannot be read as TOML: {exc}", field="file") from None
+    published: dict[int, PublishedYear] = {}
+    for key, table in document.items():
+        if not re.fullmatch(r"[12][0-9]{3}", key) or not isinstance(table, dict):
+            raise errors.SettlementCalendarFileInvalid(f"{path}: [{key}] is not a year's table like [2027]", field=key)
+        if set(table) - {"holidays", "working_days"}:
+            raise errors.SettlementCalendarFileInvalid(
+                f"{path}: [{key}] holds only holidays and working_days", field=key
+            )
+        year = int(key)
+        days = {name: _published_days(path, year, name, table.get(name, [])) for name in ("holidays", "working_days")}
+        if both := days["holidays"] & days["working_days"]:
+            raise errors.SettlementCalendarFileInvalid(
+                f"{path}: {min(both)} is both a holiday and a working day", field=f"{key}.working_days"
+            )
+        if weekdays := [day for day in days["working_days"] if day.weekday() < 5]:
+            raise errors.SettlementCalendarFileInvalid(
+                f"{path}: {min(weekdays)} is a weekday; working_days lists the weekend days worked (调休)",
+                field=f"{key}.working_days",
+            )
+        published[year] = PublishedYear(year, days["holidays"], days["working_days"])
+    return published
+
+
+def _published_days(path: Path, year: int, name: str, values: object) -> frozenset[dt.date]:
+    where = f"{year}.{name}"
+    if not isinstance(values, list):
+        raise errors.SettlementCalendarFileInvalid(f"{path}: {where} is a list of dates", field=where)
+    days = set()
+    for value in values:  # TOML dates (2027-01-01, unquoted); a quoted "2027-01-01" is text, refused
+        if not isinstance(value, dt.date) or isinstance(value, dt.datetime) or value.year != year:
+            raise errors.SettlementCalendarFileInvalid(
+                f"{path}: {where} holds {value!r}, not a date of {year}", field=where
+            )
+        days.add(value)
+    return frozenset(days)
+
+
 class WorkingDayCalendar:
     """Which dates are working days, for the years ``first_year`` to ``last_year``; any other year is refused."""
 
@@ -90,6 +163,25 @@ class WorkingDayCalendar:
         self.first_year = first_year
         self.last_year = last_year
         self.source = source
+        self._own_source, self._own_last_year = source, last_year
+        self._published: Mapping[int, PublishedYear] = {}
+
+    def publish(self, years: Mapping[int, PublishedYear], *, source: str) -> None:
+        """Cover the years after the calendar's own with these published schedules (replacing any given before).
+
+        The years must follow ``last_year`` of the calendar's own data without a gap
+        (``settlement_calendar_file_invalid`` otherwise); none: back to the calendar's own years.
+        """
+        expected = list(range(self._own_last_year + 1, self._own_last_year + 1 + len(years)))
+        if sorted(years) != expected:
+            raise errors.SettlementCalendarFileInvalid(
+                f"{source}: the years must follow {self._own_last_year} ({self._own_source}) without "
+                f"a gap and without a year it has: {expected or 'none'} expected, {sorted(years)} given",
+                field="file",
+            )
+        self._published = dict(years)
+        self.last_year = max(years, default=self._own_last_year)
+        self.source = f"{self._own_source} + {source}" if years else self._own_source
 
     @classmethod
     def from_chinese_calendar(cls) -> WorkingDayCalendar:
@@ -109,11 +201,15 @@ class WorkingDayCalendar:
         if not self.first_year <= day.year <= self.last_year:
             raise errors.SettlementCalendarUnknownYear(
                 f"the settlement calendar ({self.source}) covers {self.first_year} to {self.last_year}, "
-                f"not {day.isoformat()}: upgrade chinese-calendar",
+                f"not {day.isoformat()}: upgrade chinese-calendar, or give the State Council's published "
+                f"schedule for {day.year} in ZHANGFANG_SETTLEMENT_CALENDAR_FILE",
                 year=day.year,
                 first_year=self.first_year,
                 last_year=self.last_year,
             )
+        published = self._published.get(day.year)
+        if published is not None:
+            return published.is_working_day(day)
         return bool(self._is_workday(day))
 
     def next_working_day(self, day: dt.date) -> dt.date:
@@ -136,6 +232,16 @@ class WorkingDayCalendar:
 
 
 CHINESE_WORKING_DAYS = WorkingDayCalendar.from_chinese_calendar()
+
+
+def install_published_years(path: Path | None) -> None:
+    """Extend ``CHINESE_WORKING_DAYS`` with the schedules in ``path`` (``settlement_calendar_file``, if set).
+
+    Called where a process starts from its settings (the API, the CLI and so the worker), so a bad
+    file stops the start instead of a settlement run later.
+    """
+    if path is not None:
+        CHINESE_WORKING_DAYS.publish(read_published_years(path), source=str(path))
 
 
 class CycleKind(StrEnum):

@@ -9,7 +9,12 @@ Settlement dates (``calendar.settlement_date``, ``calendar.business_dates_settli
                                           business dates are dates in Asia/Shanghai, not instants)
  2. ``settlement_cycle_invalid``          not a ``Cycle``, or a cycle text ``Cycle.parse`` does not know
  3. ``settlement_calendar_unknown_year``  the answer needs a year the installed ``chinese-calendar``
-                                          does not cover (never guessed: upgrade the package)
+                                          does not cover (never guessed: upgrade the package, or give the
+                                          published schedule in ``settlement_calendar_file``)
+
+The published schedules (``calendar.read_published_years``, ``calendar.install_published_years``):
+``settlement_calendar_file_invalid``, ``field`` naming the year and list at fault (``2027.working_days``),
+or ``file`` for a file that is not TOML or years that do not follow the package's last one.
 
 Fees (``fees.fee_for``):
 
@@ -93,6 +98,12 @@ class SettlementCycleInvalid(InvalidInput):
     """A settlement cycle is ``T<n>``, ``D<n>`` (0 to 30) or ``WEEKLY[:<weekday>]``."""
 
     code = "settlement_cycle_invalid"
+
+
+class SettlementCalendarFileInvalid(InvalidInput):
+    """The published holiday schedules (``settlement_calendar_file``) cannot be used; nothing of it is."""
+
+    code = "settlement_calendar_file_invalid"
 
 
 class SettlementCalendarUnknownYear(Rejected):
