@@ -28,7 +28,7 @@ from zhangfang.config import Settings
 ADMIN_KEY = "fuzz-key"
 # CI runs a fixed set of examples so a green build stays green; set ZHANGFANG_FUZZ_EXAMPLES (and
 # ZHANGFANG_FUZZ_RANDOM=1) to explore further by hand.
-EXAMPLES = int(os.environ.get("ZHANGFANG_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("ZHANGFANG_FUZZ_EXAMPLES", "25"))
 DERANDOMIZE = os.environ.get("ZHANGFANG_FUZZ_RANDOM") != "1"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
