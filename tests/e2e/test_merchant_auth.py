@@ -30,6 +30,8 @@ from typer.testing import CliRunner
 from zhangfang.api.app import create_app
 from zhangfang.cli.main import app as zhangfang_app
 from zhangfang.config import Settings
+from zhangfang.db.engine import create_engine
+from zhangfang.db.migrate import upgrade
 from zhangfang.db.uow import run_in_transaction
 from zhangfang.parties import service as parties
 from zhangfang.parties import signing
@@ -901,3 +903,32 @@ def test_the_merchants_cli_creates_shows_lists_and_changes_status(cli: Any, tmp_
     assert refused.stderr.startswith("error: merchant_transition_invalid: ")
     refused = cli("merchants", "create", "--key", "x", "--sign-type", "RSA2", *common, expect=2)
     assert refused.stderr.startswith("error: public_key_invalid: ")
+
+
+def test_apps_in_one_process_share_their_routes_but_not_their_databases(engine, keys, tmp_path):
+    """Every app of a process serves the same route table (built once); each still answers from its own
+    database, with its own platform key."""
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    other = create_engine(other_url)
+    upgrade(other)
+    for database, key in ((engine, keys.platform), (other, keys.merchant_b)):
+        pem = signing.private_key_pem(key)
+        run_in_transaction(database, lambda conn, pem=pem: parties.store_platform_key(conn, private_key_pem=pem))
+    try:
+        with (
+            TestClient(create_app(settings_for(engine), engine)) as first,
+            TestClient(create_app(settings_for(other), other)) as second,
+        ):
+            create_merchant(first, keys, "only-in-the-first", "HMAC-SHA256")
+            listed = [m["key"] for m in first.get("/v1/admin/merchants", headers=ADMIN).json()["items"]]
+            assert listed == ["only-in-the-first"]
+            assert second.get("/v1/admin/merchants", headers=ADMIN).json()["items"] == []
+            fingerprints = {
+                client.get("/v1/platform/public-key").json()["fingerprint_sha256"] for client in (first, second)
+            }
+            assert fingerprints == {
+                signing.public_key_fingerprint(keys.platform),
+                signing.public_key_fingerprint(keys.merchant_b),
+            }
+    finally:
+        other.dispose()
