@@ -923,12 +923,12 @@ def test_apps_in_one_process_share_their_routes_but_not_their_databases(engine, 
             listed = [m["key"] for m in first.get("/v1/admin/merchants", headers=ADMIN).json()["items"]]
             assert listed == ["only-in-the-first"]
             assert second.get("/v1/admin/merchants", headers=ADMIN).json()["items"] == []
-            fingerprints = {
+            fingerprints = [
                 client.get("/v1/platform/public-key").json()["fingerprint_sha256"] for client in (first, second)
-            }
-            assert fingerprints == {
+            ]
+            assert fingerprints == [
                 signing.public_key_fingerprint(keys.platform),
                 signing.public_key_fingerprint(keys.merchant_b),
-            }
+            ]
     finally:
         other.dispose()
