@@ -179,8 +179,12 @@ class WorkingDayCalendar:
                 f"a gap and without a year it has: {expected or 'none'} expected, {sorted(years)} given",
                 field="file",
             )
-        self._published = dict(years)
-        self.last_year = max(years, default=self._own_last_year)
+        # In the order that keeps every answer given meanwhile right: a date is never in range without its data.
+        last_year = max(years, default=self._own_last_year)
+        if last_year < self.last_year:
+            self.last_year, self._published = last_year, dict(years)
+        else:
+            self._published, self.last_year = dict(years), last_year
         self.source = f"{self._own_source} + {source}" if years else self._own_source
 
     @classmethod
