@@ -410,6 +410,18 @@ class Parser(abc.ABC):
         return self.items()
 
 
+def uniform_line_ends(block: str) -> tuple[str, str] | None:
+    """``block`` with one kind of line end, and that end (``"\r\n"`` or ``"\n"``), for a bulk path to cut
+    at; None when a ``\r`` does not end a line (it stays in its value, where ``records`` would strip several)."""
+    carriage_returns = block.count("\r")
+    if carriage_returns:
+        if carriage_returns != block.count("\r\n"):
+            return None
+        if carriage_returns != block.count("\n"):
+            block = block.replace("\r\n", "\n")  # \r\n and \n mixed
+    return block, "\r\n" if "\r" in block else "\n"
+
+
 class BlockParser(Parser):
     """A text format read through ``read_blocks``: record by record (``_record``), and a whole block of
     plain detail rows at a time where ``_bulk`` takes it; ``items()`` gives the batches' lines one by one."""

@@ -45,6 +45,7 @@ from zhangfang.recon.importers._common import (
     fee_minor,
     mismatch,
     text_lines,
+    uniform_line_ends,
     unwrap,
 )
 from zhangfang.recon.importers.models import BillSummary, LineBatch, LineError, StatementLine
@@ -140,13 +141,10 @@ class AlipayParser(BlockParser):
             return None
         if '"' in block or "\ufffd" in block or "\x00" in block or block.startswith("#") or "\n#" in block:
             return None
-        carriage_returns = block.count("\r")
-        if carriage_returns:
-            if carriage_returns != block.count("\r\n"):
-                return None  # a \r not ending a line stays in its value, where records() would strip several
-            if carriage_returns != block.count("\n"):
-                block = block.replace("\r\n", "\n")  # \r\n and \n mixed
-        end = "\r\n" if "\r" in block else "\n"
+        uniform = uniform_line_ends(block)
+        if uniform is None:
+            return None
+        block, end = uniform
         count = block.count(end) + (not block.endswith(end))
         # Line ends become ",\0": the \0 then starts each row's first value, proving every row has the
         # header's width.

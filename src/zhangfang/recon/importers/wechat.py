@@ -47,6 +47,7 @@ from zhangfang.recon.importers._common import (
     mismatch,
     only_member,
     text_lines,
+    uniform_line_ends,
     unwrap,
 )
 from zhangfang.recon.importers.models import BillSummary, LineBatch, LineError, StatementLine
@@ -136,13 +137,10 @@ class WechatParser(BlockParser):
             return None
         if '"' in block or "\ufffd" in block or "\x00" in block or SUMMARY_FIRST in block:
             return None
-        carriage_returns = block.count("\r")
-        if carriage_returns:
-            if carriage_returns != block.count("\r\n"):
-                return None  # a \r not ending a line stays in its value, where records() would strip several
-            if carriage_returns != block.count("\n"):
-                block = block.replace("\r\n", "\n")  # \r\n and \n mixed
-        end = "\r\n" if "\r" in block else "\n"
+        uniform = uniform_line_ends(block)
+        if uniform is None:
+            return None
+        block, end = uniform
         ended = block.endswith(end)
         count = block.count(end) + (not ended)
         # Every value starts with the backtick: cut at ",`" and at line ends, which become ",`\0" (the
