@@ -63,7 +63,25 @@ AS_OF_422 = error_doc("as_of outside the years 1900 to 2999 (as_of_date_invalid)
 AS_OF_DESCRIPTION = "a business date, YYYY-MM-DD; default today (Asia/Shanghai)"
 
 
-class LoanIn(BaseModel):
+class _Terms(BaseModel):
+    """The terms a drawdown and a loan product both give, with the defaults a field left out takes."""
+
+    model_config = ConfigDict(extra="forbid")
+    currency: str = DEFAULT_CURRENCY
+    method: str = Field(
+        default=DEFAULT_METHOD.value, description="equal-installment, equal-principal, interest-first or bullet"
+    )
+    day_count: str = Field(default=DEFAULT_DAY_COUNT.value, description="30/360, actual/365 or actual/360")
+    penalty_daily_rate: str = Field(
+        default=str(DEFAULT_PENALTY_DAILY_RATE), description="罚息 a day on overdue principal, 0 to 0.01"
+    )
+    allocation_order: list[str] = Field(
+        default=[str(c) for c in DEFAULT_ORDER],
+        description="the order a repayment pays components in: penalty, fee, interest, principal, each once",
+    )
+
+
+class LoanIn(_Terms):
     """A drawdown; a field left out is the product's when a product is named, otherwise the default shown."""
 
     model_config = ConfigDict(extra="forbid")
@@ -79,20 +97,7 @@ class LoanIn(BaseModel):
         default=None, description="term in months, 1 to 600; required unless the product allows a single term"
     )
     start: dt.date = Field(description="disbursement date; periods fall due monthly from it")
-    method: str = Field(
-        default=DEFAULT_METHOD.value,
-        description="equal-installment, equal-principal, interest-first or bullet",
-    )
-    day_count: str = Field(default=DEFAULT_DAY_COUNT.value, description="30/360, actual/365 or actual/360")
     kind: str = Field(default=DEFAULT_KIND, description="pos (limited by the credit line) or term")
-    currency: str = DEFAULT_CURRENCY
-    penalty_daily_rate: str = Field(
-        default=str(DEFAULT_PENALTY_DAILY_RATE), description="罚息 a day on overdue principal, 0 to 0.01"
-    )
-    allocation_order: list[str] = Field(
-        default=[str(c) for c in DEFAULT_ORDER],
-        description="the order a repayment pays components in: penalty, fee, interest, principal, each once",
-    )
     settlement_share: str | None = Field(
         default=str(DEFAULT_SETTLEMENT_SHARE),
         description="POS: share of each settlement taken, 0 to 1; null: none",
@@ -116,7 +121,7 @@ class LoanIn(BaseModel):
         return tuple(value) if name == "allocation_order" else value
 
 
-class ProductIn(BaseModel):
+class ProductIn(_Terms):
     """A loan product; a field left out takes the default shown (``credit_…``: ``CreditPolicy``'s)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -129,18 +134,6 @@ class ProductIn(BaseModel):
     periods_max: StrictInt = Field(description="the longest term, months; equal to the min: a single term")
     principal_min: StrictInt = Field(description="the smallest loan, minor units (fen)")
     principal_max: StrictInt = Field(description="the largest loan, minor units (fen)")
-    currency: str = DEFAULT_CURRENCY
-    method: str = Field(
-        default=DEFAULT_METHOD.value, description="equal-installment, equal-principal, interest-first or bullet"
-    )
-    day_count: str = Field(default=DEFAULT_DAY_COUNT.value, description="30/360, actual/365 or actual/360")
-    penalty_daily_rate: str = Field(
-        default=str(DEFAULT_PENALTY_DAILY_RATE), description="罚息 a day on overdue principal, 0 to 0.01"
-    )
-    allocation_order: list[str] = Field(
-        default=[str(c) for c in DEFAULT_ORDER],
-        description="the order a repayment pays components in: penalty, fee, interest, principal, each once",
-    )
     settlement_share: str | None = Field(
         default=str(DEFAULT_SETTLEMENT_SHARE),
         description="POS: share of each settlement taken, 0 to 1; null: none. Ignored for term",
