@@ -490,6 +490,12 @@ def run_settlement(
         batches = list_batches(conn, settlement_date=day, currency=currency)
         return RunResult(day, currency, batches, created=0, replayed=len(batches))
     payout_channel = _payout_channel(registry, channel, currency)
+    if conn.dialect.name == "postgresql":
+        # The run writes a hold, a payout and a job per merchant in one transaction, into tables whose
+        # statistics predate it. psycopg prepares a statement on its fifth use; PostgreSQL then keeps the
+        # generic plan it chose for tables it took for nearly empty, and each lookup grew slower with the
+        # run (178 merchants/s at 6,000 merchants; planned per call: 232/s at 8,000, flat).
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
     first = min(dates[0] for dates in windows.values())
     last = max(dates[-1] for dates in windows.values())
     until = day_start(last + dt.timedelta(days=1))
